@@ -20,6 +20,10 @@ class ModelError(MedSegAIError):
     """A model cannot be found, its weight file is corrupt, its checksum or tensor shapes do not match."""
 
 
+class DeviceError(MedSegAIError):
+    """The requested compute device (CUDA, MPS) is not available or ran out of memory on every fallback."""
+
+
 class OutputError(MedSegAIError, OSError):
     """Results cannot be written where the user asked (unwritable folder, existing file, full disk...)."""
 

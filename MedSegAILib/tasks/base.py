@@ -200,6 +200,13 @@ class RunContext:
     amp: bool = True
     #: upper bound for the inference engine's memory estimate, in bytes (None = ask the device)
     memory_limit_bytes: Optional[int] = None
+    #: seconds spent per step, filled by the engine and the task (e.g. ``"network_forward"``)
+    timings: dict[str, float] = field(default_factory=dict)
+    #: notes for the user raised while running (e.g. a fall-back to the CPU after out-of-memory)
+    messages: list[str] = field(default_factory=list)
+
+    def add_time(self, key: str, seconds: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + float(seconds)
 
 
 # ---------------------------------------------------------------------------------------------- parameters

@@ -1,0 +1,46 @@
+"""Task plug-in discovery: every :class:`~MedSegAILib.tasks.base.Task` subclass defined in a module or
+sub-package of ``MedSegAILib.tasks`` is a task. Adding a task = adding one module; no list to edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from functools import lru_cache
+
+from MedSegAILib.errors import InputError
+from MedSegAILib.tasks.base import Task
+
+#: The task ids of the product (implemented or planned), for messages only.
+PLANNED_TASKS = ("parathyroid", "lung-nodule", "mpi-myocardium", "parotid", "carpal")
+
+
+@lru_cache(maxsize=None)
+def _discover() -> dict[str, type[Task]]:
+    import MedSegAILib.tasks as pkg
+
+    found: dict[str, type[Task]] = {}
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name in ("base", "registry") or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, Task) and obj is not Task and not inspect.isabstract(obj) and getattr(obj, "id", None):
+                if obj.id in found and found[obj.id] is not obj:
+                    raise RuntimeError(f"task id {obj.id!r} defined twice ({found[obj.id]} and {obj})")
+                found[obj.id] = obj
+    return found
+
+
+def task_ids() -> list[str]:
+    return sorted(_discover())
+
+
+def get_task(task_id: str) -> Task:
+    """A fresh instance of the task plug-in ``task_id``."""
+    tasks = _discover()
+    if task_id not in tasks:
+        planned = " (planned, not available in this version)" if task_id in PLANNED_TASKS else ""
+        raise InputError(f"Unknown task {task_id!r}{planned}. Available tasks: {', '.join(sorted(tasks)) or 'none'}.")
+    return tasks[task_id]()

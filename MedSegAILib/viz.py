@@ -1,0 +1,113 @@
+"""Pictures for people: an overlay of a result on its image (PNG), and plots outside Slicer.
+
+Uses matplotlib's object API with the Agg canvas (no global pyplot state, works headless and in threads).
+Views are resampled to the patient axes so that they read like Slicer's: axial (patient's right on the left of
+the picture, anterior up), coronal (right on the left, superior up), sagittal (anterior on the left, superior up).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Optional, Sequence
+
+import numpy as np
+
+from MedSegAILib.core.volume import Volume
+from MedSegAILib.tasks.base import LabelInfo, Plot
+
+
+def _figure(width_in: float, height_in: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:  # noqa: ANN001
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", facecolor=fig.get_facecolor())
+    return buf.getvalue()
+
+
+def _patient_aligned(image: Volume, labelmap: Volume, step_mm: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Resample image and labels onto an LPS-axis-aligned grid (so oblique volumes display upright)."""
+    from MedSegAILib.core.resample import resample_volume
+    from MedSegAILib.core.volume import Geometry
+
+    corners = np.array([[i, j, k] for i in (-0.5, image.size_ijk[0] - 0.5) for j in (-0.5, image.size_ijk[1] - 0.5)
+                        for k in (-0.5, image.size_ijk[2] - 0.5)])
+    pts = image.index_to_lps(corners)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    size = np.maximum(np.ceil((hi - lo) / step_mm).astype(int), 1)
+    grid = Geometry(tuple(int(s) for s in size[::-1]), (step_mm,) * 3, tuple(lo + step_mm / 2), np.eye(3))
+    img = resample_volume(image, reference=grid, interpolation="linear", default_value=float(image.array.min()))
+    lab = resample_volume(labelmap, reference=grid, interpolation="nearest")
+    return img.array.astype(np.float32), lab.array, step_mm
+
+
+def overlay_png(
+    image: Volume,
+    labelmap: Volume,
+    labels: Sequence[LabelInfo],
+    title: str = "",
+    window: Optional[tuple[float, float]] = None,
+) -> bytes:
+    """Three orthogonal slices through the labelled region's centre with coloured label contours and fills."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    step = float(min(max(min(image.spacing), 0.5), 4.0))
+    img, lab, _ = _patient_aligned(image, labelmap, step)  # arrays [z, y, x] in LPS order
+    if window is None:
+        lo, hi = np.percentile(img, [1, 99.5])
+        window = (float(lo), float(hi if hi > lo else lo + 1))
+    present = np.argwhere(lab > 0)
+    cz, cy, cx = (present.mean(axis=0).round().astype(int) if len(present) else np.array(lab.shape) // 2)
+    # LPS grid: x -> patient Left, y -> Posterior, z -> Superior; imshow puts row 0 at the top, column 0 left.
+    # Radiological display: patient's right on the screen's left (= low x first), anterior up (= low y first),
+    # superior up (rows flipped in the coronal and sagittal views).
+    views = [
+        ("Axial", img[cz], lab[cz]),
+        ("Coronal", img[:, cy, :][::-1], lab[:, cy, :][::-1]),
+        ("Sagittal", img[:, :, cx][::-1], lab[:, :, cx][::-1]),
+    ]
+    max_value = max([lab_.value for lab_ in labels] + [int(lab.max())])
+    colors = np.zeros((max_value + 1, 4))
+    for info in labels:
+        colors[info.value] = (*info.color, 0.45)
+    cmap = ListedColormap(colors)
+    fig = _figure(11, 4.2)
+    fig.patch.set_facecolor("black")
+    for n, (name, im, lb) in enumerate(views):
+        ax = fig.add_subplot(1, 3, n + 1)
+        ax.imshow(im, cmap="gray", vmin=window[0], vmax=window[1], interpolation="bilinear")
+        ax.imshow(np.ma.masked_equal(lb, 0), cmap=cmap, vmin=0, vmax=max_value, interpolation="nearest")
+        for info in labels:
+            if (lb == info.value).any():
+                ax.contour(lb == info.value, levels=[0.5], colors=[info.color], linewidths=1.0)
+        ax.set_title(name, color="white", fontsize=10)
+        ax.set_axis_off()
+    handles = [Patch(color=info.color, label=info.name) for info in labels]
+    fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), frameon=False, labelcolor="white")
+    if title:
+        fig.suptitle(title, color="white")
+    return _png(fig)
+
+
+def plot_png(plot: Plot) -> bytes:
+    fig = _figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    for name, (x, y) in plot.series.items():
+        if plot.kind == "scatter":
+            ax.scatter(x, y, label=name, s=12)
+        else:
+            ax.plot(x, y, label=name)
+    ax.set_xlabel(plot.x_label)
+    ax.set_ylabel(plot.y_label)
+    ax.set_title(plot.name)
+    if len(plot.series) > 1:
+        ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
