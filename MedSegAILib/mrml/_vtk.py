@@ -24,6 +24,12 @@ def array_to_matrix(a: np.ndarray) -> "vtk.vtkMatrix4x4":
     return m
 
 
+def translation(offset) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = np.asarray(offset, dtype=float)
+    return m
+
+
 def node_ijk_to_ras(node: Any) -> np.ndarray:
     """The node's own (local, before parent transforms) IJKToRAS as a 4x4 array."""
     m = vtk.vtkMatrix4x4()
@@ -60,7 +66,7 @@ def get_tag(segment: Any, name: str) -> Optional[str]:
         return None
     ref = vtk.reference("")
     segment.GetTag(name, ref)
-    return str(ref)
+    return str(ref.get())
 
 
 def numpy_to_vtk_scalars(array: np.ndarray, name: str = "ImageScalars") -> "vtk.vtkDataArray":

@@ -106,16 +106,10 @@ def volume_from_node(node: Any, *, allow_labelmap: bool = False) -> Volume:
         )
 
     to_world = _vtk.transform_to_world(node)
-    ijk_to_ras = to_world @ _vtk.node_ijk_to_ras(node)
     extent = image.GetExtent()
-    offset = np.array([extent[0], extent[2], extent[4]], dtype=float)
-    ijk_to_lps = _ras_to_lps_matrix(ijk_to_ras)
-    axes = ijk_to_lps[:3, :3]
-    spacing = np.linalg.norm(axes, axis=0)
-    if np.any(spacing <= 0) or not np.all(np.isfinite(axes)):
-        raise InputError(f"The volume {name!r} has a degenerate geometry (zero or invalid voxel spacing).")
-    direction = axes / spacing
-    origin = ijk_to_lps[:3, 3] + axes @ offset  # voxel (0, 0, 0) of the array is IJK = extent start
+    # voxel (0, 0, 0) of the array is IJK = the extent start (0 for every normally loaded volume)
+    ijk_to_ras = to_world @ _vtk.node_ijk_to_ras(node) @ _vtk.translation((extent[0], extent[2], extent[4]))
+    spacing, origin, direction = grid_from_ijk_to_ras(ijk_to_ras, name)
 
     array = np.array(slicer.util.arrayFromVolume(node), copy=True)
     meta: dict[str, Any] = {"name": name, "node_id": node.GetID(), "is_labelmap": is_labelmap}
@@ -127,7 +121,7 @@ def volume_from_node(node: Any, *, allow_labelmap: bool = False) -> Volume:
     if parent is not None:
         meta["hardened_transform"] = parent.GetName()
     try:
-        return Volume(array, tuple(spacing), tuple(origin), direction, meta)
+        return Volume(array, spacing, origin, direction, meta)
     except InputError as e:
         if parent is not None:
             raise InputError(
@@ -135,6 +129,22 @@ def volume_from_node(node: Any, *, allow_labelmap: bool = False) -> Volume:
                 "(the transform scales or shears the image; harden it to resample the volume first)."
             ) from None
         raise
+
+
+def grid_from_ijk_to_ras(ijk_to_ras: np.ndarray, name: str = "volume") -> tuple:
+    """``(spacing, origin, direction)`` in the :class:`Volume` convention (LPS) from a 4x4 IJKToRAS."""
+    ijk_to_lps = _ras_to_lps_matrix(np.asarray(ijk_to_ras, dtype=float))
+    axes = ijk_to_lps[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    if not np.all(np.isfinite(ijk_to_lps)) or np.any(spacing <= 0):
+        raise InputError(f"The volume {name!r} has a degenerate geometry (zero or invalid voxel spacing).")
+    return tuple(spacing), tuple(ijk_to_lps[:3, 3]), axes / spacing
+
+
+def volume_from_ijk_to_ras(array: np.ndarray, ijk_to_ras: np.ndarray, meta: Optional[dict] = None) -> Volume:
+    """A :class:`Volume` from a ``[k, j, i]`` array and the 4x4 IJKToRAS of its voxel (0, 0, 0)."""
+    spacing, origin, direction = grid_from_ijk_to_ras(ijk_to_ras)
+    return Volume(array, spacing, origin, direction, dict(meta or {}))
 
 
 def _vtk_compatible(array: np.ndarray) -> np.ndarray:

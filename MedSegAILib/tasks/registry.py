@@ -33,13 +33,28 @@ def _discover() -> dict[str, type[Task]]:
     return found
 
 
+_EXTERNAL: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Register a task class defined outside this package (a third-party plug-in, or a test)."""
+    if cls.id in _discover() and _discover()[cls.id] is not cls:
+        raise ValueError(f"task id {cls.id!r} is already taken by {_discover()[cls.id]}")
+    _EXTERNAL[cls.id] = cls
+    return cls
+
+
+def _all() -> dict[str, type[Task]]:
+    return {**_discover(), **_EXTERNAL}
+
+
 def task_ids() -> list[str]:
-    return sorted(_discover())
+    return sorted(_all())
 
 
 def get_task(task_id: str) -> Task:
     """A fresh instance of the task plug-in ``task_id``."""
-    tasks = _discover()
+    tasks = _all()
     if task_id not in tasks:
         planned = " (planned, not available in this version)" if task_id in PLANNED_TASKS else ""
         raise InputError(f"Unknown task {task_id!r}{planned}. Available tasks: {', '.join(sorted(tasks)) or 'none'}.")
