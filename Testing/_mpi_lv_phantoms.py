@@ -96,3 +96,42 @@ def half_ellipsoid(spacing, *, a=25.0, c=60.0, wall=10.0, axis=LV_AXIS, base=(10
     truth = {"cavity_ml": cav / 1000, "myo_ml": (lv - cav) / 1000, "length_mm": co, "axis": axis, "base": base,
              "cavity_end": c}
     return tmpl.with_array(lab), truth
+
+
+def patient_frame(axis):
+    """The short-axis reference directions as the patient axes define them: anterior = -y (LPS) projected onto
+    the short-axis plane; septal = the in-plane direction perpendicular to it, toward the patient's right (-x)."""
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    ant = np.array([0.0, -1.0, 0.0])
+    ant = ant - (ant @ axis) * axis
+    ant /= np.linalg.norm(ant)
+    right = np.array([-1.0, 0.0, 0.0])
+    sep = right - (right @ axis) * axis - (right @ ant) * ant
+    return ant, sep / np.linalg.norm(sep)
+
+
+def perfusion_image(grid: Volume, truth: dict, *, a=25.0, c=60.0, wall=10.0, sigma=6.0, defect=None) -> Volume:
+    """A smooth (not voxelised) perfusion image for :func:`half_ellipsoid` geometry.
+
+    Uptake 100 on the mid-wall ellipsoid, Gaussian fall-off (``sigma`` mm, SPECT-like blur) across the wall,
+    20 in the blood pool, 5 elsewhere. ``defect = (t0, t1, direction, half_angle_deg, factor)`` multiplies the
+    myocardial uptake by ``factor`` between ``t0`` and ``t1`` mm from the base, within ``half_angle_deg`` of the
+    in-plane ``direction``.
+    """
+    nk, nj, ni = grid.shape
+    k, j, i = np.meshgrid(np.arange(nk), np.arange(nj), np.arange(ni), indexing="ij")
+    pts = grid.index_to_lps(np.stack([i.ravel(), j.ravel(), k.ravel()], 1)).reshape(grid.shape + (3,))
+    t, rho, perp = lv_coords(pts, truth["base"], truth["axis"])
+    am, cm = a + wall / 2, c + wall / 2
+    q = np.sqrt((rho / am) ** 2 + (np.maximum(t, 0) / cm) ** 2)
+    d = (q - 1.0) * np.where(t > 0, np.hypot(am * rho / np.maximum(q * am, 1e-9), cm * np.maximum(t, 0) / np.maximum(q * cm, 1e-9)), am)
+    d = np.hypot(d, np.minimum(t, 0))  # above the base plane: fall-off from the rim
+    myo = np.exp(-0.5 * (d / sigma) ** 2)
+    if defect is not None:
+        t0, t1, direction, half_angle, factor = defect
+        cosang = (perp @ np.asarray(direction, float)) / np.maximum(rho, 1e-9)
+        sel = (t >= t0) & (t <= t1) & (cosang >= math.cos(math.radians(half_angle)))
+        myo = np.where(sel, myo * factor, myo)
+    pool = ((rho / a) ** 2 + (t / c) ** 2 < 1) & (t >= 0)
+    img = 5.0 + np.maximum(100.0 * myo, np.where(pool, 15.0, 0.0))
+    return grid.with_array(img.astype(np.float32))

@@ -134,6 +134,21 @@ def build_segments(
     return pairs, empty, stray
 
 
+GEOMETRY_PARAMETER = vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+
+
+def reference_geometry_string(segmentation: Any) -> str:
+    """The segmentation's "Reference image geometry" conversion parameter, "" when it has none.
+
+    (``GetConversionParameter`` logs an error for a missing parameter, hence the serialized lookup.)
+    """
+    for entry in segmentation.SerializeAllConversionParameters().split("&"):
+        parts = entry.split("|")
+        if len(parts) >= 2 and parts[0] == GEOMETRY_PARAMETER:
+            return parts[1]
+    return ""
+
+
 def segment_ids(segmentation: Any) -> list[str]:
     ids = vtk.vtkStringArray()
     segmentation.GetSegmentIDs(ids)

@@ -515,8 +515,9 @@ def simulate_spect(
     lv = random_lv(rng, lv_center, orientation)
     scene = _random_scene(rng, lv)
     if defects is True and not scene.defects:
-        scene.defects.append({"theta": float(rng.uniform(-math.pi, math.pi)), "half_width_rad": 0.9,
-                              "z_center": lv.a * 0.3, "half_length_mm": 35.0, "severity": float(rng.uniform(0.4, 0.8))})
+        # deterministic (no draw from rng), so the rest of the case is the same as with defects=None
+        scene.defects.append({"theta": 0.5, "half_width_rad": 0.9, "z_center": lv.a * 0.3,
+                              "half_length_mm": 35.0, "severity": 0.6})
     elif defects is False:
         scene.defects.clear()
     geom = _native_geometry(rng, lv, scene.thorax_center, spacing, fov, oblique, shape)

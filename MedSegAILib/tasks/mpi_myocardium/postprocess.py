@@ -137,11 +137,14 @@ def _select_components(lab: np.ndarray, vox_ml: float, min_component_ml: float) 
             out[cav_lab == int(np.argmax(cav_size[1:]) + 1)] = CAVITY
         return out
 
-    # Main component: the largest left ventricle, i.e. the myocardium component maximising its own volume
-    # plus the volume of the cavity components it touches. With no cavity this is simply the largest one.
+    # Main component: among the myocardium components touching a cavity, the largest left ventricle (own volume
+    # plus the volume of the cavity components it touches). With no cavity contact: simply the largest one.
     score = myo_size.copy()
     for m, c in pairs:
         score[m] += cav_size[c]
+    lining = sorted({m for m, _ in pairs})
+    if lining:  # a component lining a cavity always beats one that lines none, however large
+        score[[m for m in range(n_myo + 1) if m not in set(lining)]] = -1.0
     score[0] = -1.0
     main = int(np.argmax(score))
 
@@ -241,9 +244,10 @@ def postprocess_lv(
     Steps, and why:
 
     (a) **Myocardium: the main component.** Components are 26-connected (a thin, voxelised wall stays one
-        piece). The main component is the one with the largest "left ventricle": its own volume plus that of
-        the cavity components it touches (so a large spurious blob away from any cavity loses against the true
-        wall lining the cavity); without a cavity it is the largest. Other myocardium components are removed
+        piece). The main component is, among the components touching a cavity component, the one with the
+        largest "left ventricle" (its own volume plus that of the cavity components it touches), so a large
+        spurious blob away from any cavity (liver, gut uptake) never wins; if no component touches a cavity,
+        the largest. Other myocardium components are removed
         as islands, except fragments of at least ``min_component_ml`` that line the same cavity (a severe
         transmural defect can split the segmented wall; dropping such pieces would bias mass and the polar
         map).

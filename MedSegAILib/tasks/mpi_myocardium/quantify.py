@@ -127,14 +127,104 @@ def _end_cap_score(pts_myo: np.ndarray, pts_cav: np.ndarray, centre: np.ndarray,
     return float(np.count_nonzero((t > t1 - 0.2 * (t1 - t0)) & (r <= r_lim)))
 
 
+def _refine_symmetry_axis(points: np.ndarray, u0: np.ndarray, voxel: float, iterations: int = 8) -> tuple[np.ndarray, float]:
+    """Refine a candidate long axis by the rotational symmetry of the LV; returns (axis, asymmetry score).
+
+    The points are cut into slabs one voxel thick perpendicular to the current axis (central 10-90 % of the
+    extent: away from the cut base and the apex tip); for a body of revolution the slab centroids lie on its
+    axis. The new axis is the line fitted through the centroids (weighted by slab size); iterate until it
+    settles. The residual is the weighted RMS distance of the centroids from that line: ~0 on the true axis,
+    large for a wrong candidate (e.g. a diameter of a truncated ellipsoid, whose slab centroids lie on an arc).
+    """
+    u = _unit(np.asarray(u0, float))
+    if iterations <= 1:  # score the candidate as it is
+        return u, _asymmetry(points, u, voxel) + _centroid_rms(points, u, voxel) / max(_mean_radius(points, u), voxel)
+    rms = float("inf")
+    for _ in range(iterations):
+        t = (points - points.mean(axis=0)) @ u
+        lo, hi = np.percentile(t, [10, 90])
+        if hi - lo < 2 * voxel:
+            return u, float("inf")
+        idx = np.floor((t - lo) / voxel).astype(int)
+        sel = (t >= lo) & (t <= hi)
+        idx, pts = idx[sel], points[sel]
+        counts = np.bincount(idx)
+        good = np.flatnonzero(counts >= 3)
+        if len(good) < 3:
+            return u, float("inf")
+        cents = np.stack([np.bincount(idx, weights=pts[:, d])[good] / counts[good] for d in range(3)], axis=1)
+        w = counts[good] / counts[good].sum()
+        m = w @ cents
+        rel = cents - m
+        d = np.linalg.eigh((rel * w[:, None]).T @ rel)[1][:, -1]
+        if d @ u < 0:
+            d = -d
+        resid = rel - np.outer(rel @ d, d)
+        rms = float(np.sqrt(w @ np.sum(resid**2, axis=1)))
+        converged = float(d @ u) > np.cos(np.radians(0.05))
+        u = d
+        if converged:
+            break
+    return u, _asymmetry(points, u, voxel) + rms / max(_mean_radius(points, u), voxel)
+
+
+def _centroid_rms(points: np.ndarray, u: np.ndarray, voxel: float) -> float:
+    """Weighted RMS distance of the slab centroids (slabs perpendicular to ``u``) from the line along ``u``
+    through the centroid of the points."""
+    rel = points - points.mean(axis=0)
+    t = rel @ u
+    lo, hi = np.percentile(t, [10, 90])
+    sel = (t >= lo) & (t <= hi)
+    idx = np.floor((t[sel] - lo) / voxel).astype(int)
+    perp = rel[sel] - np.outer(t[sel], u)
+    n = np.bincount(idx).astype(float)
+    good = n >= 3
+    if not good.any():
+        return float("inf")
+    cents = np.stack([np.bincount(idx, perp[:, d])[good] / n[good] for d in range(3)], axis=1)
+    w = n[good] / n[good].sum()
+    return float(np.sqrt(w @ np.sum(cents**2, axis=1)))
+
+
+def _mean_radius(points: np.ndarray, u: np.ndarray) -> float:
+    rel = points - points.mean(axis=0)
+    return float(np.mean(np.linalg.norm(rel - np.outer(rel @ u, u), axis=1)))
+
+
+def _asymmetry(points: np.ndarray, u: np.ndarray, voxel: float) -> float:
+    """Mean anisotropy (0 = circular) of the cross-sections of slabs perpendicular to ``u`` (central 10-90 %)."""
+    rel = points - points.mean(axis=0)
+    e1 = _unit(np.cross(u, [1.0, 0.0, 0.0]) if abs(u[0]) < 0.9 else np.cross(u, [0.0, 1.0, 0.0]))
+    e2 = np.cross(u, e1)
+    t = rel @ u
+    lo, hi = np.percentile(t, [10, 90])
+    sel = (t >= lo) & (t <= hi)
+    idx = np.floor((t[sel] - lo) / voxel).astype(int)
+    x, y = rel[sel] @ e1, rel[sel] @ e2
+    n = np.bincount(idx).astype(float)
+    good = n >= 5
+    if not good.any():
+        return float("inf")
+    sx, sy = np.bincount(idx, x)[good] / n[good], np.bincount(idx, y)[good] / n[good]
+    cxx = np.bincount(idx, x * x)[good] / n[good] - sx**2
+    cyy = np.bincount(idx, y * y)[good] / n[good] - sy**2
+    cxy = np.bincount(idx, x * y)[good] / n[good] - sx * sy
+    aniso = np.sqrt((cxx - cyy) ** 2 + 4 * cxy**2) / np.maximum(cxx + cyy, 1e-9)
+    w = n[good] / n[good].sum()
+    return float(w @ aniso)
+
+
 def lv_axes(labels: Volume) -> LVAxes:
     """The LV long axis and short-axis frame of a label map (1 myocardium, 2 cavity); see :class:`LVAxes`.
 
-    * **Axis direction**: principal axis (largest-variance eigenvector) of the myocardium + cavity voxel
-      positions in LPS (the LV is a prolate, rotationally symmetric shape). When the LV is barely elongated
-      (eigenvalue ratio < 1.25) or the PCA axis disagrees by more than 25 degrees with the axis through the
-      centroid of the basal opening and the LV centroid, the latter is used (exact for any rotationally
-      symmetric LV, however short).
+    * **Axis direction**: the LV is (roughly) a body of revolution. Candidates: the three principal axes (PCA)
+      of the cavity voxel positions in LPS (of myocardium + cavity when the cavity has < 30 voxels) -- the
+      cavity is used because a perfusion defect can remove myocardium but leaves the blood pool symmetric --
+      and the line from the centroid of the basal opening (cavity voxels touching the exterior) to the LV
+      centroid. Each is refined by :func:`_refine_symmetry_axis` (slab centroids of a body of revolution lie
+      on its axis) and the most symmetric wins. Plain "largest PCA axis" is not used alone: a truncated LV is
+      often barely elongated (a short, wide ventricle is even oblate), and the opening axis alone is pulled
+      sideways when part of the basal wall is missing.
     * **Sign** (base -> apex): the apex is the end where myocardium caps the cavity near the axis
       (:func:`_end_cap_score`), the base the open end. If that is not decisive (scores within a factor 2), the
       side away from the cavity's basal opening; failing that, the apex is assumed toward the patient's left
@@ -159,10 +249,12 @@ def lv_axes(labels: Volume) -> LVAxes:
     pts_cav = _voxel_points(labels, cav)
     c_lv = pts_lv.mean(axis=0)
 
-    evals, evecs = np.linalg.eigh(np.cov((pts_lv - c_lv).T))
-    u = evecs[:, -1]
-    ratio = float(evals[-1] / max(evals[-2], 1e-9))
-
+    # Candidate axes: the principal axes of the body (the cavity when it has enough voxels: it is not affected
+    # by missing myocardium in a defect) and the axis through the basal opening; each is refined by the
+    # symmetry criterion and the most symmetric wins.
+    body = pts_cav if len(pts_cav) >= 30 else pts_lv
+    evals, evecs = np.linalg.eigh(np.cov((body - body.mean(axis=0)).T))
+    candidates = [evecs[:, n] for n in range(3)]
     opening = _opening_mask(lab)
     u_open = None
     if np.count_nonzero(opening) >= 3:
@@ -170,16 +262,17 @@ def lv_axes(labels: Volume) -> LVAxes:
         v = c_lv - c_open
         if np.linalg.norm(v) > 0.5 * voxel:
             u_open = _unit(v)
-    if u_open is not None:
-        angle = np.degrees(np.arccos(min(abs(float(u @ u_open)), 1.0)))
-        if ratio < 1.25 or angle > 25.0:
-            notes.append(
-                f"Long axis from the basal opening (PCA elongation ratio {ratio:.2f}, "
-                f"{angle:.0f} deg from the opening axis)."
-            )
-            u = u_open
-    elif ratio < 1.25:
-        notes.append(f"The LV is barely elongated (PCA ratio {ratio:.2f}): the long axis is uncertain.")
+            candidates.append(u_open)
+    scored = []
+    for c in candidates:  # each candidate as is, and refined (refinement helps bad starts, adds noise to good)
+        scored.append(_refine_symmetry_axis(body, c, voxel, iterations=1))
+        scored.append(_refine_symmetry_axis(body, c, voxel))
+    u, rms = min(scored, key=lambda r: r[1])
+    if not np.isfinite(rms):
+        u = evecs[:, -1]
+        notes.append("The LV is too small for a reliable long axis (principal axis used).")
+    elif rms > 0.5:
+        notes.append(f"The LV is far from rotationally symmetric (asymmetry {rms:.2f}): the long axis is uncertain.")
 
     centre = pts_cav.mean(axis=0) if len(pts_cav) else c_lv
     if len(pts_myo):
@@ -247,6 +340,16 @@ def _surface_extent(vol: Volume, mask: np.ndarray, centre: np.ndarray, u: np.nda
 
 
 # ---------------------------------------------------------------------------------------------- wall thickness
+def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals (unit length; sign irrelevant here) of a triangle mesh."""
+    tri = verts[faces]
+    fn = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    vn = np.zeros_like(verts)
+    for c in range(3):
+        np.add.at(vn, faces[:, c], fn)
+    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)
+
+
 def wall_thickness_samples(labels: Volume, sigma_voxels: float = _SIGMA_VOXELS) -> np.ndarray:
     """Local myocardial wall thickness (mm) at endocardial surface points; empty without a cavity.
 
@@ -276,7 +379,7 @@ def wall_thickness_samples(labels: Volume, sigma_voxels: float = _SIGMA_VOXELS) 
 
     try:
         v_endo, _, _, _ = marching_cubes(g_cav, level=0.5, spacing=sampling)
-        v_epi, _, n_epi, _ = marching_cubes(g_lv, level=0.5, spacing=sampling)
+        v_epi, f_epi, _, _ = marching_cubes(g_lv, level=0.5, spacing=sampling)
     except (ValueError, RuntimeError):
         return np.zeros(0)
 
@@ -285,6 +388,8 @@ def wall_thickness_samples(labels: Volume, sigma_voxels: float = _SIGMA_VOXELS) 
 
     # Endocardium: the part of the cavity boundary facing myocardium (not the open basal face).
     v_endo = v_endo[at(g_myo, v_endo) > at(g_bg, v_endo)]
+    # Vertex normals from the mesh in millimetres (skimage's gradient normals ignore anisotropic spacing).
+    n_epi = _vertex_normals(v_epi, f_epi)
     # Epicardium: the part of the LV boundary whose inside is myocardium (not the cavity's basal face).
     keep = at(g_myo, v_epi) > at(g_cav, v_epi)
     v_epi, n_epi = v_epi[keep], n_epi[keep]
