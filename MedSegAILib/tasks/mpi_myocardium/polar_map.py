@@ -78,15 +78,15 @@ def assign_segments(coords: np.ndarray, t_cavity_end: float) -> np.ndarray:
 def polar_map(image: Volume, labels: Volume, *, sampling: str = "max") -> tuple[Table, Picture]:
     """AHA 17-segment relative-perfusion polar map from a SPECT ``image`` and its LV ``labels`` (1 myocardium).
 
-    1. LV frame from :func:`lv_axes` (conventions in the module docstring); the image is sampled at the centres
-       of the myocardium voxels (directly when both volumes share a grid, else by linear interpolation).
-    2. Every myocardium voxel gets a segment (:func:`assign_segments`).
-    3. ``sampling="max"`` (default, as clinical software): the wall is cut into radial profiles -- for rings 1-16
-       cells of one voxel along the long axis by one voxel of arc (at the mean myocardial radius) around it,
-       each cell holding the voxels of one ray through the wall; for the apex, columns of one voxel across the
-       short-axis plane, the profile running along the long axis through the apical cap. A profile's value is
-       its maximum; a segment's value is the mean of its profiles' values. ``sampling="mean"``: the mean over
-       the segment's myocardium voxels.
+    1. LV frame from :func:`lv_axes` (conventions in the module docstring).
+    2. Every myocardium voxel gets a segment (:func:`assign_segments`); the ``Voxels`` column counts them.
+    3. ``sampling="max"`` (default, as clinical software): radial count profiles through the wall
+       (:func:`_profile_maxima`): for rings 1-16, rays perpendicular to the long axis on a half-voxel grid of
+       short-axis positions and angles; for the apex, columns parallel to the long axis through the apical cap.
+       Along a profile only points inside the myocardium label count and the image is interpolated
+       (trilinear) on its own grid, so image and labels may be on different grids. A profile's value is its
+       maximum; a segment's value is the mean over its profiles (``Samples``). ``sampling="mean"``: the mean
+       image value over the segment's myocardium voxel centres (``Samples`` = voxels).
     4. Relative perfusion = segment value / maximum over segments x 100 %.
 
     Returns a table named "AHA 17-segment polar map" (columns Segment, Name, Relative perfusion [%],
@@ -106,7 +106,6 @@ def polar_map(image: Volume, labels: Volume, *, sampling: str = "max") -> tuple[
     t_cav = _cavity_end(axes, coords)
     seg = assign_segments(coords, t_cav)
 
-    voxel = float(np.mean(labels.spacing))
     seg_value = np.full(18, np.nan)
     n_vox = np.bincount(seg, minlength=18)
     n_samples = np.zeros(18, int)
