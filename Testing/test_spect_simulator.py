@@ -76,13 +76,15 @@ def test_labels_supersampled_not_point_sampled():
     geom = lab.geometry()
     fine = np.argmax(shape.fractions(geom, supersample=8), axis=0)  # 0.75 mm sub-samples
     assert (fine != lab.array).sum() <= 1e-4 * lab.array.size + 2  # only ties at the sub-sample level
-    centre = shape.labels(geom, supersample=1)  # point sampling at the voxel centres
-    assert (centre != fine).sum() > 5 * max(1, (fine != lab.array).sum())
+    frac = shape.fractions(geom)
+    partial = (frac[1] > 0.05) & (frac[1] < 0.95)  # boundary voxels get partial-volume fractions
+    assert partial.sum() > 100
+    np.testing.assert_allclose(frac.sum(axis=0), 1.0, atol=1e-5)
 
 
 def test_cavity_enclosed_except_at_base():
     for seed in (5, 6):
-        img, lab, p = simulate_spect(seed, spacing=2.0)
+        img, lab, p = simulate_spect(seed, spacing=2.0, fov="tight")
         cav = lab.array == CAVITY
         bg = lab.array == 0
         touching = cav & ndimage.binary_dilation(bg, ndimage.generate_binary_structure(3, 1))
@@ -99,23 +101,24 @@ def test_cavity_enclosed_except_at_base():
 
 
 def test_deterministic_per_seed():
-    a = simulate_spect(21)
-    b = simulate_spect(21)
-    c = simulate_spect(22)
+    a = simulate_spect(21, spacing=5.0)
+    b = simulate_spect(21, spacing=5.0)
+    c = simulate_spect(22, spacing=5.0)
     np.testing.assert_array_equal(a[0].array, b[0].array)
     np.testing.assert_array_equal(a[1].array, b[1].array)
     assert a[2] == b[2]
     assert a[0].same_geometry(b[0])
     assert not (a[0].shape == c[0].shape and np.array_equal(a[0].array, c[0].array))
     rng1, rng2 = np.random.default_rng(5), np.random.default_rng(5)
-    np.testing.assert_array_equal(simulate_spect(rng1)[0].array, simulate_spect(rng2)[0].array)
+    np.testing.assert_array_equal(simulate_spect(rng1, spacing=6.0)[0].array,
+                                  simulate_spect(rng2, spacing=6.0)[0].array)
 
 
 def test_defects_reduce_myocardial_counts():
     ratios = []
     for seed in (31, 32, 33):
-        img0, lab0, p0 = simulate_spect(seed, spacing=3.0, defects=False)
-        img1, lab1, p1 = simulate_spect(seed, spacing=3.0, defects=True)
+        img0, lab0, p0 = simulate_spect(seed, spacing=4.0, fov="tight", defects=False)
+        img1, lab1, p1 = simulate_spect(seed, spacing=4.0, fov="tight", defects=True)
         assert img0.same_geometry(img1) and np.array_equal(lab0.array, lab1.array)
         assert p1["defects"] and not p0["defects"]
         m = lab0.array == MYOCARDIUM
@@ -125,7 +128,7 @@ def test_defects_reduce_myocardial_counts():
 
 def test_parameter_ranges_over_many_cases():
     spacings, fovs, obl, liver_hotter = [], [], 0, 0
-    for seed in range(100, 124):
+    for seed in range(100, 112):
         rng = np.random.default_rng(seed)
         img, lab, p = simulate_spect(rng, fov="tight" if seed % 3 == 0 else "random")
         spacings.append(min(img.spacing))
