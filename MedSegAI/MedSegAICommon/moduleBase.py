@@ -191,9 +191,6 @@ class MedSegAITestBase(ScriptedLoadableModuleTest):
 
     @staticmethod
     def dice(a, b) -> float:
-        import numpy as np
+        from MedSegAILib.metrics import dice
 
-        a = np.asarray(a, bool)
-        b = np.asarray(b, bool)
-        total = a.sum() + b.sum()
-        return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+        return dice(a, b)
