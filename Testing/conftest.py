@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,11 +28,3 @@ def test_data() -> Path:
 def _isolated_user_models(tmp_path_factory, monkeypatch):
     """Every test sees an empty user model folder of its own unless it sets one."""
     monkeypatch.setenv("MEDSEGAI_MODEL_DIR", str(tmp_path_factory.mktemp("user-models")))
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q @ np.diag(np.sign(np.diag(r)))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import random_rotation
+from MedSegAILib.core.volume import random_rotation
 from MedSegAILib.core.io import read_volume, split_stem, write_volume
 from MedSegAILib.core.resample import grid_for_spacing, resample_volume
 from MedSegAILib.core.volume import Volume, lps_to_ras_points

@@ -13,7 +13,8 @@ from hypothesis import strategies as st  # noqa: E402
 from MedSegAILib.core.volume import Volume, lps_to_ras_points  # noqa: E402
 from MedSegAILib.errors import InputError  # noqa: E402
 from MedSegAILib.mrml import _vtk  # noqa: E402
-from MedSegAILib.mrml.testing import oblique_volume, random_rotation  # noqa: E402
+from MedSegAILib.core.volume import random_rotation  # noqa: E402
+from MedSegAILib.mrml.testing import oblique_volume  # noqa: E402
 from MedSegAILib.mrml.volumes import node_from_volume, volume_from_node  # noqa: E402
 
 

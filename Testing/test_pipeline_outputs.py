@@ -30,7 +30,7 @@ from MedSegAILib.tasks.base import (
 )
 from MedSegAILib.tasks.registry import get_task, register_task
 
-from conftest import random_rotation
+from MedSegAILib.core.volume import random_rotation
 
 HOT = LabelInfo(1, "Hot region", (1.0, 0.2, 0.1), ANATOMICAL_STRUCTURE, CodedTerm("SCT", "80891009", "Heart"))
 

@@ -45,6 +45,15 @@ def lps_to_ras_points(points: np.ndarray) -> np.ndarray:
 ras_to_lps_points = lps_to_ras_points
 
 
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random proper rotation matrix (det +1), for simulators and geometry tests."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q @ np.diag(np.sign(np.diag(r)))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
 @dataclass(eq=False)
 class Volume:
     """A 3-D (or single-slice 2-D) image with its exact physical geometry. See the module docstring."""

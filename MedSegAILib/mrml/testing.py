@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from MedSegAILib.core.volume import Volume
+from MedSegAILib.core.volume import Volume, random_rotation
 from MedSegAILib.tasks.base import (
     ANATOMICAL_STRUCTURE,
     MORPHOLOGICALLY_ALTERED_STRUCTURE,
@@ -24,14 +24,6 @@ from MedSegAILib.tasks.base import (
     Table,
     TaskResult,
 )
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q @ np.diag(np.sign(np.diag(r)))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def oblique_volume(seed: int = 0, shape: tuple[int, int, int] = (6, 7, 8), dtype: Any = np.int16) -> Volume:
