@@ -186,11 +186,15 @@ class LVShape:
 
     def classify(self, q) -> np.ndarray:
         """Hard labels (0, 1 myocardium, 2 cavity) of points in local coordinates."""
-        sd_endo, sd_epi, sd_base = self.signed_distances(q)
-        apical = sd_base <= 0
+        # inside tests need only the sign of the implicit functions (no square roots)
+        g_endo = (q[0] / self.b1) ** 2 + (q[1] / self.b2) ** 2 + (q[2] / self.a) ** 2
+        g_epi = ((q[0] / (self.b1 + self.wall)) ** 2 + (q[1] / (self.b2 + self.wall)) ** 2
+                 + (q[2] / (self.a + self.wall_apex)) ** 2)
+        n = self.base_normal_local
+        apical = (n[0] * q[0] + n[1] * q[1] + n[2] * (q[2] + self.base_offset)) >= 0
         lab = np.zeros(np.shape(q[0]), np.uint8)
-        lab[(sd_epi <= 0) & apical] = MYOCARDIUM
-        lab[(sd_endo <= 0) & apical] = CAVITY
+        lab[(g_epi <= 1.0) & apical] = MYOCARDIUM
+        lab[(g_endo <= 1.0) & apical] = CAVITY
         return lab
 
     def fractions(self, geometry: Geometry, supersample: Optional[int] = None) -> np.ndarray:
@@ -208,11 +212,14 @@ class LVShape:
         offs = (np.arange(n) + 0.5) / n - 0.5
         sub_shape = tuple(s.stop - s.start for s in box)
         counts = np.zeros((2,) + sub_shape, np.float32)
+        q0 = self.local(*grid_points(geometry, box))  # local coordinates of the voxel centres
+        # a sub-voxel offset (index units) is a constant shift in the local frame
+        step = self.rotation.T @ np.asarray(geometry.direction, float) @ np.diag(geometry.spacing)
         for oi in offs:
             for oj in offs:
                 for ok in offs:
-                    x, y, z = grid_points(geometry, box, (oi, oj, ok))
-                    lab = self.classify(self.local(x, y, z))
+                    dq = step @ np.array([oi, oj, ok])
+                    lab = self.classify((q0[0] + dq[0], q0[1] + dq[1], q0[2] + dq[2]))
                     counts[0] += lab == MYOCARDIUM
                     counts[1] += lab == CAVITY
         counts /= float(n**3)

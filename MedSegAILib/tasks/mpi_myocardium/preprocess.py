@@ -30,9 +30,9 @@ from MedSegAILib.core.volume import Geometry, Volume
 #: Default constants; the manifest entry's ``input`` dict overrides them.
 DEFAULTS: dict[str, Any] = {
     "modality": "NM",
-    "localizer_spacing_mm": 6.0,
+    "localizer_spacing_mm": 8.0,
     "localizer_divisor": 8,
-    "localizer_max_size": 96,
+    "localizer_max_size": 64,
     "segmenter_spacing_mm": 3.0,
     "segmenter_shape": [48, 48, 48],
     "normalise_percentile": 99.5,
@@ -44,9 +44,9 @@ DEFAULTS: dict[str, Any] = {
 @dataclass(frozen=True)
 class PreprocessConfig:
     modality: str = "NM"
-    localizer_spacing_mm: float = 6.0  #: isotropic voxel size of the localizer grid
+    localizer_spacing_mm: float = 8.0  #: isotropic voxel size of the localizer grid
     localizer_divisor: int = 8  #: localizer grid sizes are padded to multiples of this (2**levels)
-    localizer_max_size: int = 96  #: larger fields of view are cropped (centred) to this many voxels
+    localizer_max_size: int = 64  #: larger fields of view are cropped (centred) to this many voxels (512 mm)
     segmenter_spacing_mm: float = 3.0  #: isotropic voxel size of the segmenter box
     segmenter_shape: tuple[int, int, int] = (48, 48, 48)  #: segmenter box in voxels ([k, j, i])
     normalise_percentile: float = 99.5  #: intensities are divided by this percentile of the in-field voxels
@@ -223,7 +223,7 @@ class Localisation:
     center_lps: np.ndarray
     volume_ml: float  #: volume of the kept LV component on the localizer grid
     mean_probability: float  #: mean LV probability inside it (a confidence)
-    n_components: int  #: number of candidate components above threshold
+    n_components: int  #: number of substantial candidate components (>= 20 % of the kept one's probability mass)
     fallback: bool  #: True when nothing passed the threshold and the probability peak was used
 
 
@@ -248,4 +248,5 @@ def localise_lv(prob_lv: np.ndarray, grid: Geometry, cfg: PreprocessConfig) -> L
     idx = np.argwhere(comp)
     c_kji = (idx * w[comp].reshape(-1, 1)).sum(0) / w[comp].sum()
     center = Volume(np.zeros((1, 1, 1)), grid.spacing, grid.origin, grid.direction).index_to_lps(c_kji[::-1])[0]
-    return Localisation(center, float(comp.sum() * voxel_ml), float(prob_lv[comp].mean()), int(n), False)
+    n_substantial = int((sizes >= 0.2 * sizes[best - 1]).sum())
+    return Localisation(center, float(comp.sum() * voxel_ml), float(prob_lv[comp].mean()), n_substantial, False)
