@@ -25,9 +25,10 @@ def _figure(width_in: float, height_in: float):
     return fig
 
 
-def _png(fig) -> bytes:  # noqa: ANN001
+def _png(fig, tight: bool = True) -> bytes:  # noqa: ANN001
+    """PNG bytes; ``tight=False`` skips the second layout pass of ``bbox_inches="tight"`` (faster)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", facecolor=fig.get_facecolor())
+    fig.savefig(buf, format="png", bbox_inches="tight" if tight else None, facecolor=fig.get_facecolor())
     return buf.getvalue()
 
 
@@ -61,8 +62,12 @@ def overlay_png(
     step = float(min(max(min(image.spacing), 0.5), 4.0))
     img, lab, _ = _patient_aligned(image, labelmap, step)  # arrays [z, y, x] in LPS order
     if window is None:
-        lo, hi = np.percentile(img, [1, 99.5])
-        window = (float(lo), float(hi if hi > lo else lo + 1))
+        # window on the labelled structures, not the whole field: in nuclear medicine a hotter organ (liver, gut,
+        # bladder) would otherwise leave the structure of interest dark
+        inside = img[lab > 0]
+        lo = float(np.percentile(img, 1))
+        hi = float(np.percentile(inside, 99.5)) if inside.size else float(np.percentile(img, 99.5))
+        window = (lo, hi if hi > lo else lo + 1)
     present = np.argwhere(lab > 0)
     cz, cy, cx = (present.mean(axis=0).round().astype(int) if len(present) else np.array(lab.shape) // 2)
     # LPS grid: x -> patient Left, y -> Posterior, z -> Superior; imshow puts row 0 at the top, column 0 left.
@@ -76,7 +81,7 @@ def overlay_png(
     max_value = max([lab_.value for lab_ in labels] + [int(lab.max())])
     colors = np.zeros((max_value + 1, 4))
     for info in labels:
-        colors[info.value] = (*info.color, 0.45)
+        colors[info.value] = (*info.color, 0.25)
     cmap = ListedColormap(colors)
     fig = _figure(11, 4.2)
     fig.patch.set_facecolor("black")
@@ -93,7 +98,8 @@ def overlay_png(
     fig.legend(handles=handles, loc="lower center", ncol=max(1, len(handles)), frameon=False, labelcolor="white")
     if title:
         fig.suptitle(title, color="white")
-    return _png(fig)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.1, top=0.88, wspace=0.03)
+    return _png(fig, tight=False)
 
 
 def plot_png(plot: Plot) -> bytes:
