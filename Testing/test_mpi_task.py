@@ -18,13 +18,9 @@ from MedSegAILib.tasks.base import RunContext  # noqa: E402
 from MedSegAILib.tasks.mpi_myocardium import TERMS, MyocardiumParameters, MyocardiumSPECTTask  # noqa: E402
 from MedSegAILib.tasks.mpi_myocardium import preprocess as pp  # noqa: E402
 from MedSegAILib.train.mpi_myocardium import INPUT_CONSTANTS, TEST_SEED_BASE  # noqa: E402
+from MedSegAILib.metrics import dice as _dice  # noqa: E402
 
 MODEL_ID = "mpi-myocardium-unet3d"
-
-
-def _dice(a, b):
-    s = a.sum() + b.sum()
-    return 2.0 * np.logical_and(a, b).sum() / s if s else 1.0
 
 
 def _ctx(progress=None, cancel=None):

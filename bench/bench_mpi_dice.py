@@ -27,12 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from MedSegAILib.metrics import dice  # noqa: E402
+
 BINS = [(2.0, 3.0), (3.0, 4.0), (4.0, 5.0), (5.0, 6.0), (6.0, 7.01)]
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,7 @@ import numpy as np
 
 from MedSegAILib.simulate.spect import LVShape, simulate_spect
 from MedSegAILib.tasks.mpi_myocardium import preprocess as pp
+from MedSegAILib.metrics import dice
 
 TRAIN_SEED_BASE = 1_000_000
 VAL_SEED_BASE = 900_000_000
@@ -198,11 +199,6 @@ def soft_dice_ce(logits, target, fg=(1,), dice_weight: float = 1.0):
     dice = (2 * inter + 1.0) / (den + 1.0)
     dice_fg = dice[:, list(fg)].mean()
     return ce + dice_weight * (1.0 - dice_fg)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
 
 
 def seg_val_metric(cases, cfg):
