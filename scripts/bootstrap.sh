@@ -14,7 +14,7 @@ if ! $VPY -c "import torch" >/dev/null 2>&1; then
   echo "[bootstrap] installing PyTorch (torch 2.14.1, torchvision 0.29.1)"
   $VPY -m pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-if ! $VPY -c "import MedSegAILib, slicer, safetensors, SimpleITK, pytest, hypothesis, jsonschema" >/dev/null 2>&1; then
+if ! $VPY -c "import MedSegAILib, slicer, safetensors, SimpleITK, pytest, hypothesis, jsonschema, nrrd, nibabel" >/dev/null 2>&1; then
   echo "[bootstrap] installing MedSegAILib and its dependencies"
   $VPY -m pip install -q -e ".[test,train]"
 fi
