@@ -214,7 +214,7 @@ class MyocardiumSPECTTask(Task):
         prog(1.0, "Done")
         timings["total_run_s"] = time.perf_counter() - t_start
         for k, v in timings.items():
-            ctx.add_time(k, v) if hasattr(ctx, "add_time") else None
+            ctx.add_time(k, v)
 
         voxel_ml = vol.voxel_volume_mm3 / 1000.0
         provenance = {
