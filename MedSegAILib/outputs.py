@@ -7,7 +7,8 @@ For an input ``<stem>`` the output folder receives:
 * ``<stem>.labels.nii.gz`` + ``<stem>.labels.json`` — a plain label map and its legend (value -> name, colour,
   terminology) with the provenance, for tools outside Slicer;
 * one ``<stem>.<name>.csv`` per table, ``<stem>.<name>.nrrd`` per scalar map, ``<stem>.<name>.png`` per picture
-  and plot, and ``<stem>.overlay.png`` (the result over the image).
+  and plot, ``<stem>.<name>.mrk.json`` per point list (Slicer markups JSON: drag it into Slicer), and
+  ``<stem>.overlay.png`` (the result over the image).
 
 All files are first written to a hidden staging folder inside the output folder and moved into place only when
 every one of them was written: a failure or a cancel leaves no partial result. Existing files are never
@@ -30,7 +31,7 @@ from MedSegAILib.core.io import write_volume
 from MedSegAILib.core.volume import Volume
 from MedSegAILib.engine.progress import CancelToken
 from MedSegAILib.errors import OutputError
-from MedSegAILib.tasks.base import LabelInfo, TaskResult
+from MedSegAILib.tasks.base import LabelInfo, PointList, TaskResult
 
 
 def slug(text: str) -> str:
@@ -49,12 +50,33 @@ def _label_json(info: LabelInfo) -> dict:
     }
 
 
+def markups_json(points: PointList) -> dict:
+    """A point list as Slicer's markups JSON (``.mrk.json``, schema v1.0.3), in LPS like Slicer writes it."""
+    control_points = []
+    for n, xyz in enumerate(np.asarray(points.points_lps, dtype=float).reshape(-1, 3)):
+        control_points.append({
+            "id": str(n + 1),
+            "label": points.labels[n] if n < len(points.labels) else f"P{n + 1}",
+            "description": points.descriptions[n] if n < len(points.descriptions) else "",
+            "position": [round(float(v), 4) for v in xyz],
+            "orientation": [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0],
+            "selected": True, "locked": True, "visibility": True, "positionStatus": "defined",
+        })
+    return {
+        "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
+                   "Schema/markups-schema-v1.0.3.json#",
+        "markups": [{"type": "Fiducial", "coordinateSystem": "LPS", "coordinateUnits": "mm", "locked": True,
+                     "labelFormat": "%N-%d", "controlPoints": control_points}],
+    }
+
+
 def planned_files(result: TaskResult, stem: str, with_overlay: bool) -> list[str]:
     names = [f"{stem}.seg.nrrd", f"{stem}.labels.nii.gz", f"{stem}.labels.json"]
     names += [f"{stem}.{slug(t.name)}.csv" for t in result.tables]
     names += [f"{stem}.{slug(m.name)}.nrrd" for m in result.maps]
     names += [f"{stem}.{slug(p.name)}.png" for p in result.pictures]
     names += [f"{stem}.{slug(p.name)}.png" for p in result.plots]
+    names += [f"{stem}.{slug(p.name)}.mrk.json" for p in result.points]
     if with_overlay:
         names.append(f"{stem}.overlay.png")
     if len(set(names)) != len(names):
@@ -120,6 +142,9 @@ def write_result_files(
             (staging / f"{stem}.{slug(p.name)}.png").write_bytes(p.png)
         for p in result.plots:
             (staging / f"{stem}.{slug(p.name)}.png").write_bytes(plot_png(p))
+        for pl in result.points:
+            (staging / f"{stem}.{slug(pl.name)}.mrk.json").write_text(
+                json.dumps(markups_json(pl), indent=2), encoding="utf-8")
         if image is not None:
             title = f"{result.provenance.get('task_title', result.task_id)} — {stem}"
             (staging / f"{stem}.overlay.png").write_bytes(overlay_png(image, lab, result.labels, title))

@@ -84,7 +84,7 @@ def segment(
     ctx = RunContext(device=dev, progress=prog.sub(0.05, 1.0), cancel=cancel)
 
     prog(0.0, "Loading model")
-    if model is None and (model_id or task.default_model):
+    if model is None and (model_id or (task.default_model and task.needs_model(params))):
         from MedSegAILib.zoo.registry import get_model_spec
 
         spec = get_model_spec(model_id or task.default_model, task=task.id)  # type: ignore[arg-type]

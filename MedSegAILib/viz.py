@@ -78,15 +78,19 @@ def overlay_png(
         ("Coronal", img[:, cy, :][::-1], lab[:, cy, :][::-1]),
         ("Sagittal", img[:, :, cx][::-1], lab[:, :, cx][::-1]),
     ]
+    if image.is_2d:  # a planar image (scintigram, radiograph): the one view that lies in its plane
+        normal_axis = int(np.argmax(np.abs(np.asarray(image.direction)[:, 2])))  # 0: L, 1: P, 2: S
+        views = [views[{2: 0, 1: 1, 0: 2}[normal_axis]]]
+        views[0] = ("Planar image", views[0][1], views[0][2])
     max_value = max([lab_.value for lab_ in labels] + [int(lab.max())])
     colors = np.zeros((max_value + 1, 4))
     for info in labels:
         colors[info.value] = (*info.color, 0.25)
     cmap = ListedColormap(colors)
-    fig = _figure(11, 4.2)
+    fig = _figure(11, 4.2) if len(views) == 3 else _figure(5.5, 5.8)
     fig.patch.set_facecolor("black")
     for n, (name, im, lb) in enumerate(views):
-        ax = fig.add_subplot(1, 3, n + 1)
+        ax = fig.add_subplot(1, len(views), n + 1)
         ax.imshow(im, cmap="gray", vmin=window[0], vmax=window[1], interpolation="bilinear")
         ax.imshow(np.ma.masked_equal(lb, 0), cmap=cmap, vmin=0, vmax=max_value, interpolation="nearest")
         for info in labels:

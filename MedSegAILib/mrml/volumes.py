@@ -12,6 +12,8 @@ The LPS<->RAS flip is the one of :mod:`MedSegAILib.core.volume`; it is not re-de
 
 from __future__ import annotations
 
+import os
+
 from typing import Any, Optional
 
 import numpy as np
@@ -58,6 +60,15 @@ def _dicom_meta(node: Any) -> dict[str, Any]:
                     meta["study_instance_uid"] = study_uid
     if modality:
         meta["modality"] = modality.strip().upper()
+    # tracer and timing keys (planar NM tasks) when the node was read from a DICOM file (drag-and-drop / Add Data);
+    # nodes loaded through the DICOM database keep no file name here and simply get none
+    storage = node.GetStorageNode() if hasattr(node, "GetStorageNode") else None
+    file_name = storage.GetFileName() if storage is not None else None
+    if file_name and str(file_name).lower().endswith((".dcm", ".ima")) and os.path.isfile(file_name):
+        from MedSegAILib.core.io import _nm_tracer_meta
+
+        for key, value in _nm_tracer_meta(file_name).items():
+            meta.setdefault(key, value)
     return meta
 
 

@@ -276,6 +276,11 @@ class Task(abc.ABC):
     default_model: ClassVar[Optional[str]] = None
     reference_role: ClassVar[str] = "image"
 
+    def needs_model(self, params: Any) -> bool:
+        """Whether a run with ``params`` uses a network (a task with a weight-free method returns False for it,
+        and the pipeline then loads no model unless one is asked for)."""
+        return self.default_model is not None
+
     def input_spec(self, role: str) -> InputSpec:
         for spec in self.inputs:
             if spec.role == role:

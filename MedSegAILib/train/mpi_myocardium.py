@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ import numpy as np
 from MedSegAILib.simulate.spect import LVShape, simulate_spect
 from MedSegAILib.tasks.mpi_myocardium import preprocess as pp
 from MedSegAILib.metrics import dice
+from MedSegAILib.train.common import CosineByTime, stepping as _stepping  # noqa: F401 (re-exported)
 
 TRAIN_SEED_BASE = 1_000_000
 VAL_SEED_BASE = 900_000_000
@@ -231,30 +231,6 @@ def localizer_errors(model, cases, cfg) -> list[float]:
         loc = pp.localise_lv(prob, grid, cfg)
         errs.append(float(np.linalg.norm(loc.center_lps - c["centroid"])))
     return errs
-
-
-class CosineByTime:
-    """Learning rate ``lr0 * (0.02 + 0.98 * 0.5 (1 + cos(pi t / T)))`` by elapsed wall time; ``step()`` per epoch."""
-
-    def __init__(self, optimizer, lr0: float, budget_s: float, warmup_s: float = 20.0):
-        self.opt, self.lr0, self.budget, self.warm = optimizer, lr0, budget_s, warmup_s
-        self.t0 = time.monotonic()
-
-    def lr(self) -> float:
-        t = time.monotonic() - self.t0
-        f = min(t / self.budget, 1.0)
-        base = self.lr0 * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * f)))
-        return base * min(1.0, 0.1 + t / self.warm)
-
-    def step(self) -> None:
-        for g in self.opt.param_groups:
-            g["lr"] = self.lr()
-
-
-def _stepping(batches, sched: CosineByTime):
-    for b in batches:
-        sched.step()
-        yield b
 
 
 # ---------------------------------------------------------------------------------------------- main
