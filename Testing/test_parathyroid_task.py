@@ -195,3 +195,40 @@ def test_benchmark_matching_counts_a_miss_and_a_false_positive(study):
     tp, fp, fn, _ = match_foci([f], study.adenoma_labels.array, study.adenomas, reference=study.tc)
     assert (tp, fp, fn) == (0, 1, 1)
     del res
+
+
+# ---------------------------------------------------------------------------------------------- the shipped model
+def test_learned_method_with_the_shipped_model(study):
+    """NM-USNet (the default method, model from the zoo): the parathyroid image correlates with the truth and the
+    top focus is the adenoma; the classical images are produced beside it."""
+    from MedSegAILib.metrics import pearson
+
+    res = segment("parathyroid", {"sestamibi": study.tc, "iodine": study.iodine}, device="cpu")
+    assert res.provenance["model_id"] == "parathyroid-nmusnet" and res.provenance["method"] == "learned"
+    maps = {m.name: m.volume for m in res.maps}
+    learned = maps["Parathyroid image (NM-USNet)"]
+    assert learned.same_geometry(study.tc)
+    r = pearson(learned.array[0], study.parathyroid.array[0])
+    assert r > 0.9, f"Pearson r {r:.3f} with the true parathyroid image"
+    assert r > pearson(np.clip(maps["Subtraction (classical)"].array[0], 0, None), study.parathyroid.array[0])
+    # in sestamibi counts per pixel (not in network units): the adenoma's counts within a factor 1.6
+    from scipy import ndimage
+
+    truth = study.parathyroid.array[0]
+    near = ndimage.binary_dilation(truth > 0.02 * truth.max(), iterations=3)
+    ratio = float(learned.array[0][near].sum() / truth[near].sum())
+    assert 1 / 1.6 < ratio < 1.6, f"predicted / true adenoma counts = {ratio:.2f}"
+    assert _top_hits_adenoma(res, study)
+
+
+def test_learned_method_ignores_salivary_glands_and_heart():
+    """A study without adenoma but with salivary glands and heart: the learned image stays near zero there."""
+    s = simulate_neck(43, n_adenomas=0, salivary=True, heart=True)
+    res = segment("parathyroid", {"sestamibi": s.tc, "iodine": s.iodine}, device="cpu")
+    learned = next(m.volume for m in res.maps if m.name.startswith("Parathyroid image"))
+    sal = s.salivary_mask.array[0] > 0
+    assert sal.any()
+    assert learned.array[0][sal].mean() < 0.05 * s.tc.array[0][sal].mean()
+    for lps in (res.points[0].points_lps if res.points else []):
+        i, j, _ = np.round(s.tc.lps_to_index(lps.reshape(1, 3))[0]).astype(int)
+        assert not sal[j, i], "a salivary gland was reported as a parathyroid focus"

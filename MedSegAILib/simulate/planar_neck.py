@@ -120,7 +120,7 @@ I123_HALF_LIFE_S = 13.2235 * 3600
 #: Planar anterior-view direction matrix (columns i, j, k in LPS): i -> patient's left, j -> inferior.
 PLANAR_DIRECTION = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
 
-FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+from MedSegAILib.core.filters import FWHM_TO_SIGMA  # noqa: E402
 _TRUNCATE = 4.0  # Gaussian kernel radius in sigmas
 _SS = 2  # supersampling factor per axis
 _REFERENCE_FRAME_S = 600.0  # the count targets are for a 10-minute frame

@@ -40,7 +40,7 @@ TYPICAL_AXIS_LPS = np.array([0.62, -0.55, -0.45]) / np.linalg.norm([0.62, -0.55,
 #: Where the right ventricle lies relative to the LV in the typical orientation (right-anterior).
 TYPICAL_RV_LPS = np.array([-0.75, -0.65, 0.1])
 
-FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+from MedSegAILib.core.filters import FWHM_TO_SIGMA  # noqa: E402
 
 MYOCARDIUM, CAVITY = 1, 2
 

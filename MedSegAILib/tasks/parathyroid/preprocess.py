@@ -30,20 +30,18 @@ The constants live in the model manifest's ``input`` dict (:meth:`PreprocessConf
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
 import numpy as np
-from scipy import ndimage
 
+from MedSegAILib.core.filters import smooth_mm
 from MedSegAILib.core.volume import Geometry, Volume
 from MedSegAILib.errors import InputError
 from MedSegAILib.tasks.mpi_myocardium.preprocess import resample_aligned
 
 #: network grid sides are rounded up to a multiple of this (supports U-Nets with up to 5 levels)
 GRID_MULTIPLE = 32
-_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
 @dataclass(frozen=True)
@@ -87,9 +85,7 @@ class NetGrid:
 def global_normaliser(image: np.ndarray, spacing_ij: tuple[float, float], cfg: PreprocessConfig) -> float:
     """``N(I)``: the ``norm_percentile`` of the Gaussian-smoothed (FWHM ``smooth_fwhm_mm``) 2-D image."""
     img = np.asarray(image, dtype=np.float64)
-    sigma = [cfg.smooth_fwhm_mm * _FWHM_TO_SIGMA / float(spacing_ij[1]),  # rows (j)
-             cfg.smooth_fwhm_mm * _FWHM_TO_SIGMA / float(spacing_ij[0])]  # columns (i)
-    smooth = ndimage.gaussian_filter(img, sigma, mode="constant") if cfg.smooth_fwhm_mm > 0 else img
+    smooth = smooth_mm(img, spacing_ij, cfg.smooth_fwhm_mm, mode="constant")
     ref = float(np.percentile(smooth, cfg.norm_percentile))
     if not np.isfinite(ref) or ref <= 0:
         peak = float(np.max(img)) if img.size else 0.0

@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from scipy import ndimage
 
+from MedSegAILib.core.filters import smooth_mm
 from MedSegAILib.core.volume import Volume
 from MedSegAILib.engine.progress import CancelToken
 from MedSegAILib.errors import InputError
@@ -54,7 +55,6 @@ MIN_THYROID_NCC = 0.93
 #: Shifts (mm) and rotations (deg) beyond which a result is flagged for checking.
 FLAG_SHIFT_MM = 15.0
 FLAG_ROTATION_DEG = 10.0
-_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 
 
 @dataclass
@@ -125,8 +125,7 @@ def _sitk_2d(arr: np.ndarray, spacing: tuple[float, float], origin: np.ndarray, 
 
 
 def _smooth(arr: np.ndarray, spacing: tuple[float, float], fwhm_mm: float) -> np.ndarray:
-    sig = [fwhm_mm * _FWHM_TO_SIGMA / spacing[1], fwhm_mm * _FWHM_TO_SIGMA / spacing[0]]  # rows, columns
-    return ndimage.gaussian_filter(arr.astype(np.float32), sig, mode="nearest", truncate=3.0)
+    return smooth_mm(arr.astype(np.float32), spacing, fwhm_mm, mode="nearest", truncate=3.0)
 
 
 def thyroid_ncc(tc: np.ndarray, iodine_on_tc: np.ndarray, spacing: tuple[float, float],

@@ -57,9 +57,9 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from MedSegAILib.core.filters import sigma_px
 from MedSegAILib.errors import InputError
 
-_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 #: Tukey biweight tuning constants for negative / positive standardised residuals.
 _C_NEG, _C_POS = 4.685, 2.5
 #: A relative half-width of the 95 % interval of k above this is flagged.
@@ -77,10 +77,7 @@ def _as_2d(arr: np.ndarray, name: str) -> np.ndarray:
     return a.astype(np.float64, copy=False)
 
 
-def _sigmas_px(spacing: Sequence[float], fwhm_mm: float) -> tuple[float, float]:
-    """Gaussian sigma in pixels along (rows, columns) for a FWHM in mm."""
-    si, sj = float(spacing[0]), float(spacing[1])
-    return fwhm_mm * _FWHM_TO_SIGMA / sj, fwhm_mm * _FWHM_TO_SIGMA / si
+_sigmas_px = sigma_px  # (rows, columns) sigma in pixels for a FWHM in mm
 
 
 # ---------------------------------------------------------------------------------------------- thyroid mask
