@@ -109,3 +109,30 @@ def test_pattern_selects_files_and_all_ok_exits_0(tmp_path):
               "--pattern", "keep*"], tmp_path)
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert set(_read_summary(tmp_path / "out" / "summary.csv")) == {"keep.nii.gz"}
+
+
+def test_batch_with_two_images_per_case(tmp_path):
+    """The parathyroid task (two planar images): one folder per case with role-named files; a case missing its
+    123I image fails with a clear message, the good one gets its foci."""
+    from MedSegAILib.core.io import write_volume
+    from MedSegAILib.simulate.planar_neck import simulate_neck
+
+    cases = tmp_path / "cases"
+    study = simulate_neck(77, n_adenomas=1, min_diameter_mm=14.0, max_diameter_mm=14.0)
+    (cases / "patient1").mkdir(parents=True)
+    write_volume(study.tc, cases / "patient1" / "sestamibi.nrrd")
+    write_volume(study.iodine, cases / "patient1" / "iodine.nrrd")
+    (cases / "patient2").mkdir()
+    write_volume(study.tc, cases / "patient2" / "sestamibi.nrrd")
+    out = tmp_path / "out"
+    r = _run(["--task", "parathyroid", "--input", str(cases), "--output", str(out), "--param", "method=classical"],
+             tmp_path)
+    assert r.returncode == 1, r.stderr
+    rows = _read_summary(out / "summary.csv")
+    assert rows["patient1"]["status"] == "ok", rows["patient1"]["message"]
+    assert rows["patient2"]["status"] == "failed" and "123I" in rows["patient2"]["message"]
+    import nrrd
+
+    _, header = nrrd.read(str(out / "patient1.seg.nrrd"))
+    names = [v for k, v in header.items() if k.endswith("_Name")]
+    assert "Parathyroid focus 1" in names

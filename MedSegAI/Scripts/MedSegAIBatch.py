@@ -11,6 +11,10 @@ or with plain Python and the ``slicer-core`` wheel (no Slicer application needed
 
     python MedSegAIBatch.py --task mpi-myocardium --input DIR --output DIR
 
+Tasks with several input images (e.g. ``parathyroid``: a sestamibi and a 123I image) take one sub-folder per case,
+holding one file per input named after its role (``sestamibi.nrrd``, ``iodine.nrrd``, optionally
+``sestamibi_late.nrrd``; any image suffix); ``--input`` may also be a single such case folder.
+
 For each input file: load it into an MRML scene through a ``vtkMRMLVolumeArchetypeStorageNode``, run
 ``MedSegAILib.mrml.logic.SegmentationLogic`` (volume node -> pipeline -> segmentation node, exactly what the
 module's Segment button does), and write ``<output>/<stem>.seg.nrrd`` (an existing file is replaced, atomically). A failed case is reported and the
@@ -74,6 +78,32 @@ def find_inputs(path: Path, pattern: str | None) -> list[Path]:
     return [p for p in files if p.name.lower().endswith(suffixes) and not p.name.lower().endswith(".seg.nrrd")]
 
 
+def _role_files(folder: Path, task) -> dict[str, Path]:
+    """``{role: file}`` of a case folder: files whose name (without image suffixes) is an input role."""
+    from MedSegAILib.core.io import split_stem
+
+    roles = {spec.role.lower(): spec.role for spec in task.inputs}
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if p.name.startswith("."):
+            continue
+        stem = split_stem(p)[0].lower()
+        if stem in roles:
+            found[roles[stem]] = p
+    return found
+
+
+def find_cases(path: Path, pattern: str | None, task) -> list[tuple[str, dict[str, Path]]]:
+    """``[(case name, {role: file})]``: one file per case for one-image tasks, one folder per case otherwise."""
+    if len(task.inputs) == 1:
+        return [(p.name, {task.reference_role: p}) for p in find_inputs(path, pattern)]
+    if _role_files(path, task):
+        return [(path.name, _role_files(path, task))]
+    if not path.is_dir():
+        return []
+    return [(d.name, _role_files(d, task)) for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
+
 def parse_params(items: list[str]) -> dict[str, str]:
     from MedSegAILib.errors import InputError
 
@@ -114,18 +144,24 @@ def load_volume_node(scene, path: Path, name: str):
     return node
 
 
-def run_case(scene, logic, task, path: Path, out_dir: Path, args, params) -> str:
-    """Segment one file into ``<out_dir>/<stem>.seg.nrrd``; returns the user messages. Raises on failure
-    (nothing is written then); the caller removes the nodes this case added to the scene."""
+def run_case(scene, logic, task, case: str, files: dict, out_dir: Path, args, params) -> str:
+    """Segment one case (``{role: file}``) into ``<out_dir>/<stem>.seg.nrrd`` (stem: the reference file's stem, or
+    the case folder's name for multi-image tasks); returns the user messages. Raises on failure (nothing is written
+    then); the caller removes the nodes this case added to the scene."""
     from MedSegAILib.core.io import split_stem
+    from MedSegAILib.errors import InputError
     from MedSegAILib.mrml import write_seg_nrrd
 
-    stem = split_stem(path)[0]
-    node = load_volume_node(scene, path, stem)
-    published = logic.run(scene, task.id, {task.reference_role: node}, model_id=args.model, device=args.device,
-                          params=params or None)
+    missing = [spec.title for spec in task.inputs if spec.required and spec.role not in files]
+    if missing:
+        raise InputError(f"Case {case}: no file for {', '.join(missing)} (expected files named "
+                         f"{', '.join(spec.role + '.<suffix>' for spec in task.inputs if spec.required)}).")
+    stem = split_stem(files[task.reference_role])[0] if len(task.inputs) == 1 else case
+    nodes = {role: load_volume_node(scene, path, f"{stem} {role}" if len(task.inputs) > 1 else stem)
+             for role, path in files.items()}
+    published = logic.run(scene, task.id, nodes, model_id=args.model, device=args.device, params=params or None)
     # the file holds the input's full voxel grid, so it overlays the input exactly in any viewer
-    write_seg_nrrd(published.segmentation, out_dir / f"{stem}.seg.nrrd", reference_geometry=node)
+    write_seg_nrrd(published.segmentation, out_dir / f"{stem}.seg.nrrd", reference_geometry=nodes[task.reference_role])
     return " ".join(published.messages)
 
 
@@ -164,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except MedSegAIError as exc:
         log.error(str(exc))
         return 2
-    inputs = find_inputs(Path(args.input), args.pattern)
+    inputs = find_cases(Path(args.input), args.pattern, task)
     if not inputs:
         log.error(f"No input images found at {args.input}" + (f" matching {args.pattern!r}" if args.pattern else ""))
         return 2
@@ -174,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     scene = slicer.mrmlScene if _in_slicer_app(slicer) else slicer.vtkMRMLScene()
     logic = SegmentationLogic()
     rows = []
-    for index, path in enumerate(inputs, 1):
-        log.info(f"[{index}/{len(inputs)}] {path.name}")
+    for index, (case, files) in enumerate(inputs, 1):
+        log.info(f"[{index}/{len(inputs)}] {case}")
         before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
         start = time.perf_counter()
         try:
-            message = run_case(scene, logic, task, path, out_dir, args, params)
+            message = run_case(scene, logic, task, case, files, out_dir, args, params)
             status = "ok"
         except MedSegAIError as exc:
             status, message = "failed", str(exc)
@@ -190,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             _remove_new_nodes(scene, before)
         seconds = time.perf_counter() - start
         (log.info if status == "ok" else log.error)(f"    {status} in {seconds:.1f} s{': ' + message if message else ''}")
-        rows.append({"case": path.name, "status": status, "seconds": f"{seconds:.2f}", "message": message})
+        rows.append({"case": case, "status": status, "seconds": f"{seconds:.2f}", "message": message})
     summary = write_summary(out_dir, rows)
     failed = sum(r["status"] != "ok" for r in rows)
     log.info(f"{len(rows) - failed} of {len(rows)} case(s) segmented; summary: {summary}")
