@@ -317,7 +317,8 @@ class ParathyroidTask(Task):
         if found:
             pts = np.array([f.centroid_lps(tc_in) for f in found]).reshape(-1, 3)
             points.append(PointList(
-                "Parathyroid foci", pts, [f"F{f.rank}" for f in found],
+                "Parathyroid foci", pts,
+                [f"F{f.rank} {f.score:.2g} {'bed' if f.location == 'thyroid bed' else f.location}" for f in found],
                 [f"score {f.score:.3g}, {f.location}" + (f", {', '.join(f.flags)}" if f.flags else "") for f in found],
             ))
         pictures = [Picture("Subtraction", self._picture(tc_arr, i_arr, difference, learned, found, tc_in),
