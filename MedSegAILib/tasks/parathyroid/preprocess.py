@@ -7,7 +7,7 @@ module defines it, in physical units:
   ``pixel_mm`` and ``max(size, ceil(FOV / pixel_mm) rounded up to a multiple of 32)`` pixels per side (so it
   covers the whole field of view, is at least one tile, and suits U-Nets of up to 5 levels). Outside the
   field of view the network sees zeros.
-* **Resampling in count-density units.** :func:`MedSegAILib.tasks.mpi_myocardium.preprocess.resample_aligned`
+* **Resampling in count-density units.** :func:`MedSegAILib.core.aligned.resample_aligned`
   (separable; a coarser destination pixel receives the *mean* of the linear interpolant over its extent, a
   finer one the linear interpolant). No area rescaling: values stay "counts per native Tc pixel", so the
   network output times the Tc normaliser is directly comparable with the truth ``parathyroid`` image and with
@@ -38,7 +38,7 @@ import numpy as np
 from MedSegAILib.core.filters import smooth_mm
 from MedSegAILib.core.volume import Geometry, Volume
 from MedSegAILib.errors import InputError
-from MedSegAILib.tasks.mpi_myocardium.preprocess import resample_aligned
+from MedSegAILib.core.aligned import resample_aligned
 
 #: network grid sides are rounded up to a multiple of this (supports U-Nets with up to 5 levels)
 GRID_MULTIPLE = 32
