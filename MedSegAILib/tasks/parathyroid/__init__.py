@@ -129,7 +129,7 @@ class ParathyroidTask(Task):
         super().validate_inputs(inputs)
         from MedSegAILib.tasks.parathyroid.acquisition import tracer_kind
 
-        tc, iod = inputs["sestamibi"], inputs["iodine"]
+        tc = inputs["sestamibi"]
         kinds = {role: tracer_kind(v) for role, v in inputs.items()}
         if kinds["sestamibi"] == "iodine" and kinds["iodine"] == "sestamibi":
             raise InputError(
@@ -163,7 +163,6 @@ class ParathyroidTask(Task):
                     f"{self.input_spec(role).title} {b[0]:.0f} x {b[1]:.0f} mm. Use images of the same neck view "
                     "(same camera set-up), or check the pixel spacing in the headers."
                 )
-        del iod
 
     def needs_model(self, params: Any) -> bool:
         return getattr(params, "method", "learned") == "learned"
@@ -191,7 +190,7 @@ class ParathyroidTask(Task):
         self.validate_inputs(inputs)
         if params.method == "learned":
             self._check_model(model)
-        tc_in, iod_in = inputs["sestamibi"], inputs["iodine"]
+        tc, iod = inputs["sestamibi"], inputs["iodine"]
         late_in = inputs.get("sestamibi_late")
         messages: list[str] = []
         timings: dict[str, float] = {}
@@ -203,12 +202,11 @@ class ParathyroidTask(Task):
         # ---- 1. count-rate and decay corrections
         t0 = time.perf_counter()
         prog(0.0, "Reading acquisition parameters")
-        info_tc, info_i = acquisition.acquisition_info(tc_in), acquisition.acquisition_info(iod_in)
+        info_tc, info_i = acquisition.acquisition_info(tc), acquisition.acquisition_info(iod)
         # the images stay in counts (the Poisson noise model of the significance map needs counts); the
         # factors turn k into a ratio of count rates and make late-image retention meaningful
         corr = acquisition.count_rate_correction(info_tc, info_i, names=("sestamibi image", "123I image"))
         messages += list(corr.notes)
-        tc, iod = tc_in, iod_in
         lap("corrections_s", t0)
 
         # ---- 2. registration
@@ -266,7 +264,7 @@ class ParathyroidTask(Task):
         found = foci.detect_foci(
             evidence, tc.spacing[:2], thyroid_mask=thyroid, tc_image=tc_arr, threshold=threshold,
             max_foci=params.max_foci, classical=(params.method == "classical"), significance=significance,
-            reference=tc_in,
+            reference=tc,
         )
         # sestamibi-avid structures without iodine (salivary glands, heart) are not parathyroid candidates: the
         # classical map still shows them, so they are taken out of the list (and said so); the learned image is
@@ -298,30 +296,30 @@ class ParathyroidTask(Task):
             messages.append(f"No candidate parathyroid focus was found above the threshold ({threshold:g}) with the "
                             f"{params.method} method.")
         result_labels = [focus_label(f.rank) for f in found]
-        label_vol = tc_in.with_array(labels_arr.astype(np.uint8), is_labelmap=True, modality="SEG")
+        label_vol = tc.with_array(labels_arr.astype(np.uint8), is_labelmap=True, modality="SEG")
         maps = [
-            ScalarMap("Subtraction (classical)", tc_in.with_array(difference[np.newaxis].astype(np.float32)),
+            ScalarMap("Subtraction (classical)", tc.with_array(difference[np.newaxis].astype(np.float32)),
                       colormap="Inferno", window=_display_window(difference), units="counts",
                       description=f"Sestamibi - {scale.k:.4g} x registered 123I (counts per sestamibi pixel)."),
-            ScalarMap("Significance (z)", tc_in.with_array(significance[np.newaxis].astype(np.float32)),
+            ScalarMap("Significance (z)", tc.with_array(significance[np.newaxis].astype(np.float32)),
                       colormap="Inferno", window=(0.0, max(6.0, float(np.nanmax(significance)))), units="z",
                       description="Classical difference / its Poisson standard deviation."),
         ]
         if learned is not None:
-            maps.insert(0, ScalarMap("Parathyroid image (NM-USNet)", tc_in.with_array(learned.astype(np.float32)),
+            maps.insert(0, ScalarMap("Parathyroid image (NM-USNet)", tc.with_array(learned.astype(np.float32)),
                                      colormap="Inferno", window=_display_window(learned[0]), units="counts",
                                      description="Predicted parathyroid-only sestamibi image (counts per pixel)."))
-        tables = [self._foci_table(found, tc_in, retention), self._quality_table(reg, scale, corr, info_tc, info_i,
+        tables = [self._foci_table(found, tc, retention), self._quality_table(reg, scale, corr, info_tc, info_i,
                                                                                  method_text, threshold)]
         points = []
         if found:
-            pts = np.array([f.centroid_lps(tc_in) for f in found]).reshape(-1, 3)
+            pts = np.array([f.centroid_lps(tc) for f in found]).reshape(-1, 3)
             points.append(PointList(
                 "Parathyroid foci", pts,
                 [f"F{f.rank} {f.score:.2g} {'bed' if f.location == 'thyroid bed' else f.location}" for f in found],
                 [f"score {f.score:.3g}, {f.location}" + (f", {', '.join(f.flags)}" if f.flags else "") for f in found],
             ))
-        pictures = [Picture("Subtraction", self._picture(tc_arr, i_arr, difference, learned, found, tc_in),
+        pictures = [Picture("Subtraction", self._picture(tc_arr, i_arr, difference, learned, found, tc),
                             "Sestamibi, registered 123I, classical and learned subtraction with the ranked foci.")]
         lap("result_s", t0)
         for k, v in timings.items():
@@ -434,9 +432,8 @@ class ParathyroidTask(Task):
                 "the same for count rates at each frame start (comparable between protocols)")
         add("Scale factor 95% interval", f"{scale.k_low:.4g} - {scale.k_high:.4g}")
         add("Scale factor quality", "OK" if not scale.flags else "CHECK", "", "; ".join(scale.flags))
-        add("Sestamibi count correction", float(corr.tc_factor), "", corr.describe("tc") if hasattr(corr, "describe") else "")
-        add("123I count correction", float(corr.iodine_factor), "",
-            corr.describe("iodine") if hasattr(corr, "describe") else "")
+        add("Sestamibi count correction", float(corr.tc_factor), "", corr.describe("tc"))
+        add("123I count correction", float(corr.iodine_factor), "", corr.describe("iodine"))
         return Table("Subtraction quality", [Column("Quantity"), Column("Value"), Column("Unit"), Column("Note")],
                      rows, "Registration, scale factor and count corrections used, with quality flags.")
 
