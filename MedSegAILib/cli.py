@@ -72,7 +72,7 @@ def run_segment(
     overlay: bool = True,
 ) -> list[Path]:
     """Read the inputs, segment, write every output; returns the written paths."""
-    from MedSegAILib.core.io import read_volume, split_stem
+    from MedSegAILib.core.io import split_stem
     from MedSegAILib.engine.progress import CancelToken
     from MedSegAILib.errors import InputError
     from MedSegAILib.outputs import check_output_folder, write_result_files
@@ -89,7 +89,7 @@ def run_segment(
         raise InputError(f"Task {task_id} takes at most {len(roles)} input image(s); got {len(input_paths)}.")
     out = Path(outdir)
     check_output_folder(out)  # fail before the computation, not after
-    inputs = {spec.role: read_volume(p) for spec, p in zip(roles, input_paths)}
+    inputs = {spec.role: task.read_input(spec.role, p) for spec, p in zip(roles, input_paths)}
     stem = split_stem(input_paths[0])[0]
 
     cancel = CancelToken()
@@ -174,6 +174,64 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label_names_from_header(path: str) -> dict[int, str]:
+    """Segment names of a Slicer .seg.nrrd label map (``SegmentN_Name`` / ``SegmentN_LabelValue``), if any."""
+    try:
+        import SimpleITK as sitk
+
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(path))
+        r.ReadImageInformation()
+        keys = set(r.GetMetaDataKeys())
+    except Exception:  # noqa: BLE001 - names are optional; other formats simply have none
+        return {}
+    names: dict[int, str] = {}
+    n = 0
+    while f"Segment{n}_Name" in keys:
+        value = r.GetMetaData(f"Segment{n}_LabelValue") if f"Segment{n}_LabelValue" in keys else str(n + 1)
+        try:
+            names[int(value)] = r.GetMetaData(f"Segment{n}_Name")
+        except ValueError:
+            pass
+        n += 1
+    return names
+
+
+def cmd_drr(args: argparse.Namespace) -> int:
+    from MedSegAILib.core.io import read_volume
+    from MedSegAILib.simulate.drr import make_drr_pairs
+
+    def floats(text: str, what: str, count: int) -> tuple[float, ...]:
+        try:
+            vals = tuple(float(x) for x in text.split(","))
+        except ValueError:
+            vals = ()
+        if len(vals) not in ((1, count) if count == 2 else (count,)):
+            raise MedSegAIError(f"--{what} expects {count} comma-separated numbers; got {text!r}.")
+        return vals
+
+    try:
+        ignore = tuple(int(x) for x in args.ignore_labels.split(",") if x.strip()) if args.ignore_labels else ()
+    except ValueError:
+        raise MedSegAIError(f"--ignore-labels expects comma-separated integers; got {args.ignore_labels!r}.") from None
+    sdd = floats(args.sdd, "sdd", 2)
+    ct = read_volume(args.ct)
+    labels = read_volume(args.labels)
+    out = Path(args.output)
+    progress = TerminalProgress(quiet=args.quiet)
+    from MedSegAILib.engine.progress import Progress
+
+    records = make_drr_pairs(
+        ct, labels, out, n=args.n, rng=args.seed, size=args.size, pixel_mm=args.pixel_mm,
+        sdd_range_mm=sdd[0] if len(sdd) == 1 else sdd, view=floats(args.view, "view", 3),
+        up=floats(args.up, "up", 3), min_path_mm=args.min_path_mm, ignore=ignore,
+        label_names=_label_names_from_header(args.labels), overwrite=args.overwrite, progress=Progress(progress),
+    )
+    if not args.quiet:
+        print(f"Wrote {len(records)} DRR/label pairs and drr.json to {out.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsegai", description="MedSegAI: AI segmentation for nuclear medicine, CT "
                                 "and X-ray, the same pipeline as the 3D Slicer extension.")
@@ -204,6 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="medsegai-demo-output")
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("drr", help="simulate radiographs (DRRs) and label images from a CT (HU) and a bone label map")
+    r.add_argument("ct", help="CT volume in Hounsfield units")
+    r.add_argument("labels", help="label volume (integer ids) on the CT grid (else resampled, nearest neighbour)")
+    r.add_argument("-o", "--output", required=True, help="output folder")
+    r.add_argument("--n", type=int, default=6, help="number of projections (default 6)")
+    r.add_argument("--size", type=int, default=256, help="detector size in pixels (square, default 256)")
+    r.add_argument("--pixel-mm", type=float, default=0.5, help="detector pixel size in mm (default 0.5)")
+    r.add_argument("--sdd", default="900,1200", help="source-detector distance in mm, a value or a MIN,MAX range")
+    r.add_argument("--view", default="0,1,0", help="beam direction source->detector in LPS (default 0,1,0: AP)")
+    r.add_argument("--up", default="0,0,1", help="LPS direction shown at the top of the image (default 0,0,1)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--min-path-mm", type=float, default=1.0, help="shortest bone path that labels a pixel")
+    r.add_argument("--ignore-labels", default="", help="comma-separated label ids drawn as background")
+    r.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty folder")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(func=cmd_drr)
     return p
 
 

@@ -130,7 +130,7 @@ class MedSegAIModuleLogic(ScriptedLoadableModuleLogic):
     # -------------------------------------------------------------------------------------------- the three steps
     def prepareInputs(self, inputNodes: dict, scene=None) -> dict:
         """Main thread: volume nodes -> ``{role: Volume}`` (copies; the worker never touches MRML)."""
-        return self.sceneLogic.prepare(scene or slicer.mrmlScene, inputNodes)
+        return self.sceneLogic.prepare(scene or slicer.mrmlScene, inputNodes, self.TASK_ID)
 
     def runPipeline(self, inputs: dict, modelId=None, device="auto", params=None, progress=None, cancel=None):
         """Any thread: the computation (``MedSegAILib.pipeline.segment``), exactly as the CLI and the batch

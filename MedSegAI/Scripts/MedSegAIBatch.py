@@ -144,6 +144,17 @@ def load_volume_node(scene, path: Path, name: str):
     return node
 
 
+def load_input_node(scene, task, role: str, path: Path, name: str):
+    """Slicer's own reader, unless the task reads its inputs itself (radiographs: grey images stored as RGB,
+    MONOCHROME1, pixel spacing tags); then the task's reader and a node with the exact geometry."""
+    from MedSegAILib.mrml.volumes import node_from_volume
+    from MedSegAILib.tasks.base import Task
+
+    if type(task).read_input is Task.read_input:
+        return load_volume_node(scene, path, name)
+    return node_from_volume(scene, task.read_input(role, str(path)), name)
+
+
 def run_case(scene, logic, task, case: str, files: dict, out_dir: Path, args, params) -> str:
     """Segment one case (``{role: file}``) into ``<out_dir>/<stem>.seg.nrrd`` (stem: the reference file's stem, or
     the case folder's name for multi-image tasks); returns the user messages. Raises on failure (nothing is written
@@ -157,7 +168,7 @@ def run_case(scene, logic, task, case: str, files: dict, out_dir: Path, args, pa
         raise InputError(f"Case {case}: no file for {', '.join(missing)} (expected files named "
                          f"{', '.join(spec.role + '.<suffix>' for spec in task.inputs if spec.required)}).")
     stem = split_stem(files[task.reference_role])[0] if len(task.inputs) == 1 else case
-    nodes = {role: load_volume_node(scene, path, f"{stem} {role}" if len(task.inputs) > 1 else stem)
+    nodes = {role: load_input_node(scene, task, role, path, f"{stem} {role}" if len(task.inputs) > 1 else stem)
              for role, path in files.items()}
     published = logic.run(scene, task.id, nodes, model_id=args.model, device=args.device, params=params or None)
     # the file holds the input's full voxel grid, so it overlays the input exactly in any viewer

@@ -41,8 +41,15 @@ class SegmentationLogic:
         self.segment_function: SegmentFunction = segment_function or _default_segment
 
     # ------------------------------------------------------------------ step 1 (main thread)
-    def prepare(self, scene: Any, input_nodes: Mapping[str, Any]) -> dict[str, Volume]:
-        """``{role: Volume}`` copies of the input volume nodes (see :func:`volume_from_node`)."""
+    def prepare(self, scene: Any, input_nodes: Mapping[str, Any], task_id: Optional[str] = None) -> dict[str, Volume]:
+        """``{role: Volume}`` copies of the input volume nodes (see :func:`volume_from_node`). With ``task_id``,
+        colour (vector) nodes are offered to the task's :meth:`Task.scalar_from_vector` (a radiograph task accepts
+        grey images stored as RGB)."""
+        converter = None
+        if task_id is not None:
+            from MedSegAILib.tasks.registry import get_task
+
+            converter = get_task(task_id).scalar_from_vector
         if not input_nodes:
             raise InputError("No input volume was selected.")
         volumes: dict[str, Volume] = {}
@@ -51,7 +58,7 @@ class SegmentationLogic:
                 continue  # optional input left empty; the task checks what it requires
             if node.GetScene() is not scene:
                 raise ValueError(f"prepare: the node for {role!r} is not in the given scene")
-            volumes[role] = volume_from_node(node)
+            volumes[role] = volume_from_node(node, vector_to_scalar=converter)
         if not volumes:
             raise InputError("No input volume was selected.")
         return volumes
@@ -105,7 +112,7 @@ class SegmentationLogic:
         name: Optional[str] = None,
     ) -> ResultNodes:
         """prepare + compute + publish. The reference node is ``input_nodes[result.reference_role]``."""
-        inputs = self.prepare(scene, input_nodes)
+        inputs = self.prepare(scene, input_nodes, task_id)
         result = self.compute(
             task_id, inputs, model_id=model_id, device=device, params=params, progress=progress, cancel=cancel
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import slicer
@@ -25,6 +25,8 @@ from MedSegAILib.mrml import _vtk
 
 #: Node attribute / subject-hierarchy item attribute that holds the DICOM modality.
 MODALITY_ATTRIBUTE = "DICOM.Modality"
+#: node attribute ("1"/"0") saying whether the pixel spacing of a planar image is real (MedSegAI nodes)
+SPACING_KNOWN_ATTRIBUTE = "MedSegAI.SpacingKnown"
 
 
 def _ras_to_lps_matrix(m: np.ndarray) -> np.ndarray:
@@ -72,7 +74,28 @@ def _dicom_meta(node: Any) -> dict[str, Any]:
     return meta
 
 
-def volume_from_node(node: Any, *, allow_labelmap: bool = False) -> Volume:
+#: raster formats that carry no pixel spacing: Slicer gives their images 1 mm pixels
+_SPACINGLESS_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+VectorToScalar = Callable[[np.ndarray], "tuple[np.ndarray, Optional[str]]"]
+
+
+def _spacing_meta(node: Any, spacing: Any) -> dict[str, Any]:
+    """``spacing_known``: False for an image read from a raster file (PNG, JPEG...) with Slicer's default 1 mm
+    pixels (the file has no spacing); True when the node says it came through MedSegAI with a known spacing;
+    absent otherwise (DICOM, NIfTI, NRRD carry their spacing)."""
+    flag = node.GetAttribute(SPACING_KNOWN_ATTRIBUTE)
+    if flag in ("0", "1"):
+        return {"spacing_known": flag == "1"}
+    storage = node.GetStorageNode() if hasattr(node, "GetStorageNode") else None
+    file_name = storage.GetFileName() if storage is not None else None
+    if file_name and str(file_name).lower().endswith(_SPACINGLESS_SUFFIXES) and np.allclose(spacing[:2], 1.0):
+        return {"spacing_known": False}
+    return {}
+
+
+def volume_from_node(node: Any, *, allow_labelmap: bool = False,
+                     vector_to_scalar: Optional[VectorToScalar] = None) -> Volume:
     """A :class:`Volume` holding a **copy** of ``node``'s voxels with its exact physical geometry.
 
     ``node`` is a scalar volume node (``vtkMRMLScalarVolumeNode``). A linear parent transform is hardened
@@ -100,12 +123,19 @@ def volume_from_node(node: Any, *, allow_labelmap: bool = False) -> Volume:
     if image is None or image.GetNumberOfPoints() == 0 or image.GetPointData().GetScalars() is None:
         raise InputError(f"The volume {name!r} has no image data (nothing was loaded into it).")
     components = image.GetNumberOfScalarComponents()
-    if node.IsA("vtkMRMLVectorVolumeNode") or node.IsA("vtkMRMLDiffusionTensorVolumeNode"):
+    read_notes: list[str] = []
+    if node.IsA("vtkMRMLVectorVolumeNode") and vector_to_scalar is not None and components in (3, 4):
+        # a task that accepts grey images stored as colour (radiographs saved as RGB JPEG) converts them; it
+        # raises InputError for a real colour image
+        grey, note = vector_to_scalar(np.asarray(slicer.util.arrayFromVolume(node)))
+        if note:
+            read_notes.append(note)
+    elif node.IsA("vtkMRMLVectorVolumeNode") or node.IsA("vtkMRMLDiffusionTensorVolumeNode"):
         raise InputError(
             f"{name!r} is a vector (colour/RGB or multi-component) volume with {components} components per "
             "voxel. Convert it to grayscale with the Vector to Scalar Volume module, then select the result."
         )
-    if components != 1:
+    elif components != 1:
         raise InputError(
             f"{name!r} has {components} values per voxel (multi-frame or multi-component). "
             "Select a single frame, or convert it with the Vector to Scalar Volume module."
@@ -122,9 +152,13 @@ def volume_from_node(node: Any, *, allow_labelmap: bool = False) -> Volume:
     ijk_to_ras = to_world @ _vtk.node_ijk_to_ras(node) @ _vtk.translation((extent[0], extent[2], extent[4]))
     spacing, origin, direction = grid_from_ijk_to_ras(ijk_to_ras, name)
 
-    array = np.array(slicer.util.arrayFromVolume(node), copy=True)
+    array = grey if read_notes or node.IsA("vtkMRMLVectorVolumeNode") else np.array(
+        slicer.util.arrayFromVolume(node), copy=True)
     meta: dict[str, Any] = {"name": name, "node_id": node.GetID(), "is_labelmap": is_labelmap}
     meta.update(_dicom_meta(node))
+    meta.update(_spacing_meta(node, spacing))
+    if read_notes:
+        meta["read_notes"] = read_notes
     units = node.GetVoxelValueUnits() if hasattr(node, "GetVoxelValueUnits") else None
     if units is not None and units.GetCodeValue():
         meta["units"] = units.GetCodeMeaning() or units.GetCodeValue()
@@ -193,6 +227,8 @@ def node_from_volume(scene: Any, volume: Volume, name: str, node_class: str = "v
         modality = volume.meta.get("modality")
         if modality:
             node.SetAttribute(MODALITY_ATTRIBUTE, str(modality))
+        if "spacing_known" in volume.meta:
+            node.SetAttribute(SPACING_KNOWN_ATTRIBUTE, "1" if volume.meta["spacing_known"] else "0")
         node.CreateDefaultDisplayNodes()
     except BaseException:
         for n in _vtk.all_nodes(scene)[::-1]:

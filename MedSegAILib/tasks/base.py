@@ -281,6 +281,22 @@ class Task(abc.ABC):
         and the pipeline then loads no model unless one is asked for)."""
         return self.default_model is not None
 
+    def read_input(self, role: str, path: str) -> Volume:
+        """Read the file of input ``role``. The default reads any format :func:`read_volume` knows; a task whose
+        inputs need more (e.g. radiographs stored as RGB, MONOCHROME1) overrides this. Notes for the user made
+        while reading go to ``meta["read_notes"]`` (a list of strings)."""
+        from MedSegAILib.core.io import read_volume
+
+        return read_volume(path)
+
+    def scalar_from_vector(self, array: np.ndarray) -> tuple[np.ndarray, Optional[str]]:
+        """Convert a colour/vector image ``array`` (``(..., C)``) to the scalar image this task reads, with a note
+        for the user; the default refuses (no task takes colour images unless it says how)."""
+        raise InputError(
+            f"The image has {array.shape[-1]} components per pixel (colour or vector data); {self.title} needs a "
+            "single-component grayscale image. Convert it with the Vector to Scalar Volume module first."
+        )
+
     def input_spec(self, role: str) -> InputSpec:
         for spec in self.inputs:
             if spec.role == role:

@@ -1,0 +1,335 @@
+"""Pre-processing of hand/wrist radiographs for the carpal network: normalisation, letterbox, gradient maps.
+
+One function, :func:`prepare_input`, turns any 2-D radiograph (real, or a DRR for training) into the network
+input. Training and inference both call it, so a model trained with a gradient ``mode`` always sees the same
+pre-processing at inference (the method's pairing rule: origin <-> none, global <-> global, local <-> local).
+
+Order of operations (and why)::
+
+    raw image --LetterBox.resize--> (nh, nw) --normalise--> 0..255 --LetterBox.pad--> (size, size)
+              --gradient(mode)--> [0, 1]
+
+* The image is first shrunk (anti-aliased) to its place in the network grid, *then* normalised. CLAHE tiles
+  are a fixed fraction of the image, and the robust window is a percentile, so this is the same operation
+  as normalising at full size, but it costs the same for a 3000x2500 CR as for a 256x256 DRR, and the
+  padding never enters the percentiles or the CLAHE histograms.
+* Everything after :func:`normalise` works on a 0..255 float image and ends in [0, 1]. The public code ran the
+  gradients sometimes on 0..255 and sometimes on 0..1 data (the latter collapses an uint8 Sobel map to 0/1),
+  and cast a Sobel magnitude of up to 255*sqrt(2) to uint8 (wrap-around). Here nothing is ever cast to an
+  integer type: the magnitude of a full 0->255 step is 255, the diagonal maximum 360.6.
+
+Gradient definitions (METHODS.md 5.4, re-derived, not copied):
+
+* ``none``:   I / 255.
+* ``global``: G = sqrt(Gx^2 + Gy^2) with central differences Gx = I[:, x+1] - I[:, x-1] (OpenCV's Sobel with
+  ksize=1, no smoothing, no 1/2 factor; borders mirrored without repeating the edge pixel, OpenCV's
+  BORDER_REFLECT_101). t = median of the *distinct integer levels* of floor(G). G := min(G, t). CLAHE with
+  clip 8 / 6x6 tiles if max(G) > 70, else clip 4 / 4x4 tiles (OpenCV units, translated below). Min-max.
+* ``local``:  I shrunk by 0.5 (anti-aliased), G as above, tau = std(G)/5; for every pixel with 9x9 window W:
+  0 if std(W) < tau else (G - min W) / (max W - min W). Bicubic back to full size, clipped to [0, 1], min-max.
+
+**The distinct-value median.** The method thresholds at the median of ``np.unique(G)`` of a uint8 map, i.e.
+the median of the *occupied grey levels*, not of the pixels. On integer levels that is roughly the middle of
+the occupied range (about half of the strongest edges), independent of how many pixels are flat. On a float
+map every pixel is its own distinct value and the statistic degenerates into the plain pixel median (near 0
+on a radiograph: mostly flat background), and on a 0.01 grid it would drift with image size and noise. So
+the levels are the integer parts of G (what the uint8 cast did for values below 256), computed without the
+wrap-around: a 300 stays 300.
+
+**OpenCV CLAHE -> skimage.** OpenCV clips each of its 256 histogram bins at ``clipLimit * tile_pixels / 256``
+counts; skimage clips each of its ``nbins`` bins at ``clip_limit * tile_pixels``. With ``nbins=256`` the
+same absolute limit is ``clip_limit = clipLimit / 256``: 8.0 -> 0.03125, 4.0 -> 0.015625. OpenCV's n x n
+tile grid on an H x W image has tiles of ceil(H/n) x ceil(W/n) pixels, which is the ``kernel_size`` given to
+skimage. (skimage stretches the input to its own min..max before binning, OpenCV bins absolute 0..255
+levels; both put every integer level of the clipped map in its own bin, and the final min-max removes the
+output scale, so the remaining difference is only in how the clipped excess is spread.)
+
+**Local-map borders.** The method skipped pixels within 4 of the border (left at 0). Here every pixel gets a
+value, the 9x9 window being mirrored at the border (``scipy.ndimage`` mode ``reflect``): a 0 frame would be a
+fake 8-pixel dark edge around every image after the 2x up-sampling, which the network would have to learn.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from MedSegAILib.errors import InputError
+
+#: The three pre-processing modes (the method's origin / global / local models).
+MODES = ("none", "global", "local")
+
+#: Robust window of :func:`normalise` (percentiles mapped to 0 and 255).
+WINDOW_PERCENTILES = (0.5, 99.5)
+#: CLAHE of :func:`normalise`: MATLAB ``adapthisteq`` defaults (8x8 tiles, normalised clip 0.01, 256 bins).
+NORMALISE_TILES = 8
+NORMALISE_CLIP = 0.01
+#: Half-size of the local-gradient window (9x9) and the shrink factor of the local map.
+LOCAL_WINDOW = 9
+LOCAL_SCALE = 0.5
+
+
+def _as_2d(img: np.ndarray) -> np.ndarray:
+    """(H, W) float64 view of an (H, W) or (1, H, W) array; anything else is refused."""
+    arr = np.asarray(img)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise InputError(f"A 2-D image (H, W) or (1, H, W) is required; got an array of shape {arr.shape}.")
+    return arr.astype(np.float64, copy=False)
+
+
+def _minmax01(x: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (float32); a constant map gives zeros instead of 0/0."""
+    lo, hi = float(x.min()), float(x.max())
+    if not hi > lo:
+        return np.zeros(x.shape, np.float32)
+    return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+def _clahe01(x01: np.ndarray, tiles: tuple[int, int], clip: float, nbins: int = 256) -> np.ndarray:
+    """skimage CLAHE of a [0, 1] image with ``tiles`` = (tile rows, tile columns) in pixels; returns [0, 1]."""
+    from skimage.exposure import equalize_adapthist
+
+    kernel = (max(int(tiles[0]), 1), max(int(tiles[1]), 1))
+    return equalize_adapthist(np.clip(x01, 0.0, 1.0), kernel_size=kernel, clip_limit=clip, nbins=nbins)
+
+
+# ---------------------------------------------------------------------------------------------- normalise
+def normalise(img2d: np.ndarray) -> np.ndarray:
+    """Robust window then CLAHE, on a 0..255 float32 scale. Deterministic and invariant to affine rescaling.
+
+    ``(I - p0.5) / (p99.5 - p0.5)`` clipped to [0, 1] (so uint8 0..255, 16-bit raw and float 0..1 versions of
+    the same picture give the same result), then CLAHE with tiles of 1/8 of the image and normalised clip
+    0.01 (MATLAB ``adapthisteq`` defaults, which the method applied to its DRRs), times 255. When the
+    percentiles coincide (a nearly constant image with a few outliers) the full min..max range is used; a
+    constant image gives zeros (:func:`~MedSegAILib.tasks.carpal.radiograph.check_radiograph` refuses those).
+    """
+    img = _as_2d(img2d)
+    lo, hi = np.percentile(img, WINDOW_PERCENTILES)
+    if not hi > lo:
+        lo, hi = float(img.min()), float(img.max())
+    if not hi > lo:
+        return np.zeros(img.shape, np.float32)
+    x = np.clip((img - lo) / (hi - lo), 0.0, 1.0)
+    h, w = x.shape
+    out = _clahe01(x, (math.ceil(h / NORMALISE_TILES), math.ceil(w / NORMALISE_TILES)), NORMALISE_CLIP)
+    return (out * 255.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- gradients
+def central_difference_magnitude(img: np.ndarray) -> np.ndarray:
+    """sqrt(Gx^2 + Gy^2) with Gx = I[:, x+1] - I[:, x-1], Gy = I[y+1] - I[y-1], in float64 (never wraps).
+
+    Borders are mirrored without repeating the edge pixel (OpenCV BORDER_REFLECT_101 = scipy ``mirror``), so
+    the derivative across the first and last column/row is 0. A 0->255 step gives 255 on both sides of it.
+    """
+    x = _as_2d(img)
+    kernel = np.array([-1.0, 0.0, 1.0])
+    # correlate1d: out[i] = sum_k w[k] x[i + k - 1] = x[i+1] - x[i-1]
+    gx = ndimage.correlate1d(x, kernel, axis=1, mode="mirror")
+    gy = ndimage.correlate1d(x, kernel, axis=0, mode="mirror")
+    return np.hypot(gx, gy)
+
+
+def distinct_level_median(g: np.ndarray) -> float:
+    """Median of the distinct integer levels floor(g) (see the module docstring for why integer levels)."""
+    levels = np.unique(np.floor(np.asarray(g, np.float64)))
+    return float(np.median(levels))
+
+
+def global_gradient(img255: np.ndarray) -> np.ndarray:
+    """Global gradient map in [0, 1] (float32) of a 0..255 image (module docstring, METHODS 5.4)."""
+    g = central_difference_magnitude(img255)
+    t = distinct_level_median(g)
+    g = np.minimum(g, t)
+    gmax = float(g.max())
+    if not gmax > 0:
+        return np.zeros(g.shape, np.float32)
+    # OpenCV rule of the method: clip 8 with 6x6 tiles if max > 70, else clip 4 with 4x4 tiles (OpenCV units).
+    clip_cv, grid = (8.0, 6) if gmax > 70 else (4.0, 4)
+    h, w = g.shape
+    eq = _clahe01(g / gmax, (math.ceil(h / grid), math.ceil(w / grid)), clip_cv / 256.0)
+    return _minmax01(eq)
+
+
+def local_gradient(img255: np.ndarray) -> np.ndarray:
+    """Local (windowed min-max) gradient map in [0, 1] (float32) of a 0..255 image (METHODS 5.4).
+
+    Vectorised: the window std is sqrt(E[G^2] - E[G]^2) from two box filters, min/max from rank filters.
+    Windows whose spread is 0 (flat) give 0 whatever tau is, so no division by zero can occur.
+    """
+    from skimage.transform import rescale, resize
+
+    img = _as_2d(img255)
+    small = rescale(img, LOCAL_SCALE, order=1, anti_aliasing=True, mode="reflect", preserve_range=True)
+    g = central_difference_magnitude(small)
+    tau = float(g.std()) / 5.0
+    k = LOCAL_WINDOW
+    mean = ndimage.uniform_filter(g, k, mode="reflect")
+    mean_sq = ndimage.uniform_filter(g * g, k, mode="reflect")
+    std = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+    wmin = ndimage.minimum_filter(g, k, mode="reflect")
+    wmax = ndimage.maximum_filter(g, k, mode="reflect")
+    spread = wmax - wmin
+    # spread <= 1e-9 * max: flat to rounding (the box-filter variance can be a tiny positive number there).
+    ok = (std >= tau) & (spread > 1e-9 * max(float(g.max()), 1e-12)) & (tau > 0)
+    local = np.zeros_like(g)
+    np.divide(g - wmin, spread, out=local, where=ok)
+    big = resize(local, img.shape, order=3, mode="reflect", anti_aliasing=False)
+    return _minmax01(np.clip(big, 0.0, 1.0))
+
+
+def gradient(img255: np.ndarray, mode: str) -> np.ndarray:
+    """The network input map of a 0..255 image for ``mode`` in :data:`MODES`; float32 in [0, 1]."""
+    if mode == "none":
+        return (np.clip(_as_2d(img255), 0.0, 255.0) / 255.0).astype(np.float32)
+    if mode == "global":
+        return global_gradient(img255)
+    if mode == "local":
+        return local_gradient(img255)
+    raise InputError(f"Unknown pre-processing mode {mode!r}; choose one of {', '.join(MODES)}.")
+
+
+# ---------------------------------------------------------------------------------------------- letterbox
+@dataclass(frozen=True)
+class LetterBox:
+    """Maps an (H, W) image onto a square ``size`` x ``size`` network grid, keeping the aspect ratio.
+
+    The image is scaled by ``size / max(H, W)`` to (nh, nw) and centred; the short side is padded
+    symmetrically (``top``, ``left`` = offsets of the image in the grid) with 0, the background of a
+    normalised radiograph. Continuous pixel-centre coordinates map as
+    ``grid_row = (row + 0.5) * nh / H - 0.5 + top`` (same for columns), the convention of
+    ``skimage.transform.resize``, so forward and inverse are consistent to sub-pixel accuracy.
+    """
+
+    shape: tuple[int, int]
+    size: int = 256
+
+    @classmethod
+    def for_image(cls, img: np.ndarray, size: int = 256) -> "LetterBox":
+        arr = np.asarray(img)
+        return cls(tuple(int(n) for n in arr.shape[-2:]), int(size))  # type: ignore[arg-type]
+
+    @property
+    def scale(self) -> float:
+        """Grid pixels per image pixel (the same along both axes, up to the rounding of nh, nw)."""
+        return self.size / max(self.shape)
+
+    @property
+    def inner_shape(self) -> tuple[int, int]:
+        """(nh, nw): the size of the image inside the grid."""
+        h, w = self.shape
+        return max(1, round(h * self.scale)), max(1, round(w * self.scale))
+
+    @property
+    def offsets(self) -> tuple[int, int]:
+        """(top, left) of the image in the grid."""
+        nh, nw = self.inner_shape
+        return (self.size - nh) // 2, (self.size - nw) // 2
+
+    # -------------------------------------------------------------- images
+    def resize(self, img: np.ndarray) -> np.ndarray:
+        """(H, W) image -> (nh, nw) float32, anti-aliased (Gaussian pre-filter) linear resampling."""
+        from skimage.transform import resize
+
+        x = _as_2d(img)
+        if x.shape != tuple(self.shape):
+            raise ValueError(f"LetterBox for {self.shape} got an image of shape {x.shape}")
+        nh, nw = self.inner_shape
+        if (nh, nw) == x.shape:
+            return x.astype(np.float32)
+        out = resize(x, (nh, nw), order=1, mode="edge", anti_aliasing=nh < x.shape[0], preserve_range=True)
+        return out.astype(np.float32)
+
+    def pad(self, inner: np.ndarray, value: float = 0.0) -> np.ndarray:
+        """(nh, nw) -> (size, size), the image centred, the rest ``value``."""
+        inner = np.asarray(inner, np.float32)
+        if inner.shape != self.inner_shape:
+            raise ValueError(f"LetterBox.pad expects {self.inner_shape}, got {inner.shape}")
+        top, left = self.offsets
+        out = np.full((self.size, self.size), value, np.float32)
+        out[top: top + inner.shape[0], left: left + inner.shape[1]] = inner
+        return out
+
+    def forward(self, img: np.ndarray, value: float = 0.0) -> np.ndarray:
+        """(H, W) image -> (size, size) float32 grid (anti-aliased down-sampling, symmetric padding)."""
+        return self.pad(self.resize(img), value)
+
+    def forward_labels(self, labels: np.ndarray) -> np.ndarray:
+        """(H, W) integer label map -> (size, size) with nearest-neighbour sampling (never interpolated), 0 pad."""
+        lab = np.asarray(labels)
+        if lab.shape != tuple(self.shape):
+            raise ValueError(f"LetterBox for {self.shape} got labels of shape {lab.shape}")
+        nh, nw = self.inner_shape
+        h, w = self.shape
+        # nearest pixel centre: source index of grid pixel c is floor((c + 0.5) * H / nh)
+        rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(int), h - 1)
+        cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(int), w - 1)
+        top, left = self.offsets
+        out = np.zeros((self.size, self.size), lab.dtype)
+        out[top: top + nh, left: left + nw] = lab[np.ix_(rows, cols)]
+        return out
+
+    def inverse(self, prob: np.ndarray) -> np.ndarray:
+        """(C, size, size) probabilities -> (C, H, W): crop the padding, bilinear per channel.
+
+        For probabilities only (a convex combination keeps them in [0, 1] and summing to 1); labels are
+        obtained afterwards by argmax at the original size, never by interpolating a label map.
+        """
+        from skimage.transform import resize
+
+        p = np.asarray(prob, np.float32)
+        squeeze = p.ndim == 2
+        if squeeze:
+            p = p[np.newaxis]
+        if p.shape[-2:] != (self.size, self.size):
+            raise ValueError(f"LetterBox.inverse expects (C, {self.size}, {self.size}), got {p.shape}")
+        top, left = self.offsets
+        nh, nw = self.inner_shape
+        crop = p[:, top: top + nh, left: left + nw]
+        h, w = self.shape
+        shrink = h < nh
+        out = np.stack([resize(c, (h, w), order=1, mode="edge", anti_aliasing=shrink, preserve_range=True)
+                        for c in crop]).astype(np.float32)
+        return out[0] if squeeze else out
+
+    # -------------------------------------------------------------- geometry
+    def pixel_size_mm(self, spacing: Sequence[float]) -> tuple[float, float]:
+        """(column, row) size in mm of one network pixel, from the image's (column, row[, k]) ``spacing``."""
+        h, w = self.shape
+        nh, nw = self.inner_shape
+        return float(spacing[0]) * w / nw, float(spacing[1]) * h / nh
+
+    def image_to_grid(self, rc: np.ndarray) -> np.ndarray:
+        """(N, 2) continuous (row, col) image coordinates -> grid coordinates."""
+        rc = np.atleast_2d(np.asarray(rc, float))
+        f = np.array(self.inner_shape, float) / np.array(self.shape, float)
+        return (rc + 0.5) * f - 0.5 + np.array(self.offsets, float)
+
+    def grid_to_image(self, rc: np.ndarray) -> np.ndarray:
+        """(N, 2) grid (row, col) coordinates -> continuous image coordinates (inverse of image_to_grid)."""
+        rc = np.atleast_2d(np.asarray(rc, float))
+        f = np.array(self.inner_shape, float) / np.array(self.shape, float)
+        return (rc - np.array(self.offsets, float) + 0.5) / f - 0.5
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+def prepare_input(img2d: np.ndarray, mode: str, size: int = 256) -> tuple[np.ndarray, LetterBox]:
+    """Network input ``(1, size, size)`` float32 in [0, 1] and the :class:`LetterBox` to map outputs back.
+
+    resize into the grid -> :func:`normalise` (0..255) -> pad with 0 -> :func:`gradient` (``mode``).
+    Used by both training (on DRRs) and inference (on radiographs): one definition of the input.
+    """
+    if mode not in MODES:
+        raise InputError(f"Unknown pre-processing mode {mode!r}; choose one of {', '.join(MODES)}.")
+    img = _as_2d(img2d)
+    if not np.all(np.isfinite(img)):
+        raise InputError("The image contains NaN or infinite pixels; fix or replace them before segmenting.")
+    box = LetterBox(img.shape, int(size))  # type: ignore[arg-type]
+    grid = box.pad(normalise(box.resize(img)), 0.0)
+    return gradient(grid, mode)[np.newaxis], box
