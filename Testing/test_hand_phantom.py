@@ -218,12 +218,12 @@ def test_pa_view(phantom):
     for key in ("view_dir", "up", "column_dir", "row_dir"):
         assert np.linalg.norm(v[key]) == pytest.approx(1.0)
     assert np.dot(v["view_dir"], v["up"]) == pytest.approx(0.0)
+    c = _centroids(phantom.labels)
     assert np.allclose(v["view_dir"], [0, -1, 0])  # dorsum -> palm
     assert np.allclose(np.cross(v["column_dir"], v["row_dir"]), v["view_dir"])  # drr.py convention
     # seen from the source, a right hand has its thumb on the image left: MC1 at smaller column coordinate
-    assert np.dot(c_all := _centroids(phantom.labels)[11] - _centroids(phantom.labels)[15], v["column_dir"]) < 0
+    assert np.dot(c[11] - c[15], v["column_dir"]) < 0
     # the fingers are 'up': MC3 is further along 'up' than the radius
-    c = _centroids(phantom.labels)
     assert np.dot(c[13] - c[9], v["up"]) > 50
     # the isocentre lies in the carpus (within the box of the carpal bones)
     ijk = phantom.labels.lps_to_index(v["isocentre"][None])[0][::-1]

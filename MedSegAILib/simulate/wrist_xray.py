@@ -20,8 +20,10 @@ import numpy as np
 
 from MedSegAILib.core.volume import Volume
 
-#: detector pixel size range (mm): a 256-pixel detector then covers 90-155 mm, wrist to mid-metacarpals
-PIXEL_MM = (0.35, 0.6)
+#: detector pixel size range (mm): a 256-pixel detector then covers 85-123 mm, distal forearm to metacarpals
+PIXEL_MM = (0.33, 0.48)
+#: in-plane rotation of the field (degrees): hands are placed roughly upright on the cassette
+IN_PLANE_DEG = (-12.0, 12.0)
 
 
 @dataclass
@@ -47,7 +49,8 @@ def simulate_wrist_views(seed: int, n_views: int = 1, *, size: int = 256,
     out = []
     for _ in range(n_views):
         px = float(pixel_mm if pixel_mm is not None else rng.uniform(*PIXEL_MM))
-        geom = drr.random_geometry(rng, view["isocentre"], view=view["view_dir"], up=view["up"], pixel_size_mm=px,
+        geom = drr.random_geometry(rng, _centre(ph.ct, view, px * size / 2), view=view["view_dir"], up=view["up"],
+                                   pixel_size_mm=px, in_plane_range_deg=IN_PLANE_DEG,
                                    shape=(size, size))
         line = drr.project(mu, geom, step_mm=step)
         image = drr.radiograph(line, rng, pixel_size=px)
@@ -59,6 +62,24 @@ def simulate_wrist_views(seed: int, n_views: int = 1, *, size: int = 256,
         out.append(WristView(img_vol, lab_vol, {"seed": seed, "pixel_mm": px, "side": ph.info.get("side"),
                                                 "geometry": geom.to_dict()}))
     return out
+
+
+def _centre(ct: Volume, view: dict[str, Any], half_fov_mm: float, reach: float = 1.25) -> np.ndarray:
+    """The carpus centre, moved along the forearm axis so that the field of view (its half-height times
+    ``reach``, for an in-plane rotated field) stays inside the phantom's extent where it can: a real forearm
+    does not end inside a wrist radiograph, and the phantom has no fingers. When the field is longer than the
+    phantom, both ends are shown equally. The carpus always stays in the field."""
+    iso = np.asarray(view["isocentre"], float)
+    up = np.asarray(view["up"], float)
+    k, j, i = ct.array.shape
+    corners = np.array([[a, b, c] for a in (0, i - 1) for b in (0, j - 1) for c in (0, k - 1)], float)
+    along = ct.index_to_lps(corners) @ up
+    lo_c = float(along.min()) + 3.0 + reach * half_fov_mm
+    hi_c = float(along.max()) - 3.0 - reach * half_fov_mm
+    c0 = float(iso @ up)
+    c = float(np.clip(c0, lo_c, hi_c)) if lo_c <= hi_c else 0.5 * (lo_c + hi_c)
+    margin = max(half_fov_mm - 25.0, 0.0)
+    return iso + float(np.clip(c - c0, -margin, margin)) * up
 
 
 def simulated_radiograph(seed: int, size: int = 256) -> tuple[Volume, Volume]:
