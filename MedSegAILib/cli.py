@@ -1,4 +1,4 @@
-"""The ``medsegai`` command: ``segment``, ``models``, ``tasks`` and ``demo``.
+"""The ``medsegai`` command: ``segment``, ``models``, ``tasks``, ``demo`` and ``drr`` (training pairs from a CT).
 
 It enters the same pipeline as the Slicer GUI and batch script (:func:`MedSegAILib.pipeline.segment`) and
 leaves through the same writers (:mod:`MedSegAILib.outputs`, whose ``.seg.nrrd`` goes through the MRML bridge).

@@ -355,3 +355,28 @@ def test_auto_orient_intensity():
     out, note = auto_orient_intensity(inv)
     assert note and "inverted" in note
     np.testing.assert_allclose(out, inv.max() + inv.min() - inv, atol=1e-6)
+
+
+def test_inverse_argmax_matches_inverse_then_argmax():
+    """Exact below 1024 px; block-wise above, with boundaries moved by at most f/2 pixels."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    p = np.exp(20 * ndimage.gaussian_filter(rng.random((11, 256, 256)), (0, 6, 6))).astype(np.float32)
+    p /= p.sum(0)
+    for shape, exact in (((300, 200), True), ((700, 1000), True), ((2600, 2100), False)):
+        box = LetterBox(shape)
+        lab, conf = box.inverse_argmax(p)
+        ref = box.inverse(p)
+        assert lab.shape == shape and conf.shape == shape and lab.dtype == np.uint8
+        agree = lab == ref.argmax(0)
+        if exact:  # up to floating-point ties between two classes
+            top2 = np.sort(ref, 0)[-2:]
+            assert (top2[1] - top2[0])[~agree].max(initial=0) < 1e-5
+            np.testing.assert_allclose(conf, ref.max(0), atol=1e-5)
+        else:
+            assert agree.mean() > 0.98
+            # every disagreement lies within f/2 pixels (f = 3 here) of a true boundary
+            edge = ndimage.morphological_gradient(ref.argmax(0).astype(np.int16), size=3) > 0
+            near = ndimage.binary_dilation(edge, iterations=2)
+            assert near[~agree].all()

@@ -66,3 +66,14 @@ def check_volume(vol: Volume, spec: "InputSpec") -> None:
         raise InputError(
             f"The {what} is a label map (a segmentation), not an image. Select the original image volume."
         )
+
+
+def plane_array(arr: np.ndarray, what: str = "image") -> np.ndarray:
+    """The (H, W) float64 view of a planar image given as (H, W) or as a Volume-style (1, H, W) array; anything else
+    is refused with an :class:`InputError` naming ``what``."""
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise InputError(f"The {what} must be a planar 2-D image, (H, W) or (1, H, W); got an array of shape {a.shape}.")
+    return a.astype(np.float64, copy=False)

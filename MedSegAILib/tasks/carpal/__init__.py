@@ -190,10 +190,7 @@ class CarpalTask(Task):
         # ---- back to the input grid (probabilities, never labels), arg-max, clean-up
         prog(0.7, "Mapping to the image grid")
         t1 = time.perf_counter()
-        full = box.inverse(prob_np)  # (C, H, W)
-        label = full.argmax(0).astype(np.uint8)
-        confidence = full.max(0)
-        del full
+        label, confidence = box.inverse_argmax(prob_np)
         if params.largest_component:
             label = postprocess.keep_largest_per_label(label, range(1, len(BONES) + 1))
         timings["postprocess_s"] = time.perf_counter() - t1

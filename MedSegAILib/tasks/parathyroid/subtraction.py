@@ -58,6 +58,7 @@ import numpy as np
 from scipy import ndimage
 
 from MedSegAILib.core.filters import sigma_px
+from MedSegAILib.core.validate import plane_array
 from MedSegAILib.errors import InputError
 
 #: Tukey biweight tuning constants for negative / positive standardised residuals.
@@ -66,15 +67,6 @@ _C_NEG, _C_POS = 4.685, 2.5
 MAX_REL_HALF_WIDTH = 0.15
 #: background terms of the scale fit (see ``estimate_scale``): "plane", "lateral curvature" or "quadratic"
 BACKGROUND_MODEL = "lateral curvature"
-
-
-def _as_2d(arr: np.ndarray, name: str) -> np.ndarray:
-    a = np.asarray(arr)
-    if a.ndim == 3 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 2:
-        raise InputError(f"The {name} must be a planar (2-D) image; got shape {a.shape}.")
-    return a.astype(np.float64, copy=False)
 
 
 _sigmas_px = sigma_px  # (rows, columns) sigma in pixels for a FWHM in mm
@@ -98,7 +90,7 @@ def thyroid_mask_from_iodine(
     whose centroid lies within ``max_distance_mm`` of it (the other lobe when the isthmus is thin); holes are
     filled (a cold nodule is still thyroid). Empty when the image has no structure.
     """
-    img = _as_2d(iodine_on_tc, "123I image")
+    img = plane_array(iodine_on_tc, "123I image")
     sm = ndimage.gaussian_filter(img, _sigmas_px(spacing, smooth_fwhm_mm), mode="nearest")
     bg = float(np.median(sm))
     top = float(np.percentile(sm, 99.9))
@@ -209,8 +201,8 @@ def estimate_scale(
     Flags: thyroid too faint (< 20 123I counts per pixel on average), 95 % interval wider than +-15 %, ``k``
     not positive/finite or implausible (outside 0.005-200). Fewer than 30 thyroid pixels: InputError.
     """
-    y_raw = _as_2d(tc, "sestamibi image")
-    x_raw = _as_2d(iodine_on_tc, "registered 123I image")
+    y_raw = plane_array(tc, "sestamibi image")
+    x_raw = plane_array(iodine_on_tc, "registered 123I image")
     mask = np.asarray(thyroid_mask, bool)
     if mask.ndim == 3:
         mask = mask[0]
@@ -357,7 +349,7 @@ def body_mask(tc: np.ndarray, spacing: Sequence[float], *, fraction: float = 0.3
     Smoothed image > ``fraction`` x the typical body level, the level being the median of the smoothed image
     over the pixels above 10 % of its 99th percentile (so neither the empty corners nor the hot organs set it).
     """
-    sm = ndimage.gaussian_filter(_as_2d(tc, "sestamibi image"), _sigmas_px(spacing, smooth_fwhm_mm), mode="nearest")
+    sm = ndimage.gaussian_filter(plane_array(tc, "sestamibi image"), _sigmas_px(spacing, smooth_fwhm_mm), mode="nearest")
     hi = float(np.percentile(sm, 99.0))
     if hi <= 0:
         return np.ones(sm.shape, bool)
@@ -484,8 +476,8 @@ def classical_subtraction(
         k = k.k
     match_sigma_px = float(match_sigma_px or 0.0)
     k = float(k)
-    t = _as_2d(tc, "sestamibi image")
-    i = _as_2d(iodine_on_tc, "registered 123I image")
+    t = plane_array(tc, "sestamibi image")
+    i = plane_array(iodine_on_tc, "registered 123I image")
     if t.shape != i.shape:
         raise InputError(f"The sestamibi image {t.shape} and the registered 123I image {i.shape} differ in shape; "
                          "resample the 123I image onto the sestamibi grid first.")
