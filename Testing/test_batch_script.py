@@ -136,3 +136,24 @@ def test_batch_with_two_images_per_case(tmp_path):
     _, header = nrrd.read(str(out / "patient1.seg.nrrd"))
     names = [v for k, v in header.items() if k.endswith("_Name")]
     assert "Parathyroid focus 1" in names
+
+
+def test_batch_radiographs_read_by_the_task(tmp_path):
+    """The carpal task reads its own inputs (grey RGB JPEG, 16-bit PNG): the batch script goes through the task's
+    reader, so a radiograph saved as RGB is segmented, not refused as a vector image."""
+    import numpy as np
+    from PIL import Image
+
+    from MedSegAILib.simulate.wrist_xray import simulate_wrist_views
+
+    indir = tmp_path / "in"
+    indir.mkdir()
+    v = simulate_wrist_views(20261125, 1)[0]
+    g = (np.clip(v.image.array[0], 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(np.stack([g, g, g], -1)).save(indir / "wrist_rgb.jpg", quality=95)
+    r = _run(["--task", "carpal", "--input", str(indir), "--output", str(tmp_path / "out"), "--device", "cpu"],
+             tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = _read_summary(tmp_path / "out" / "summary.csv")
+    assert rows["wrist_rgb.jpg"]["status"] == "ok", rows
+    assert (tmp_path / "out" / "wrist_rgb.seg.nrrd").stat().st_size > 0

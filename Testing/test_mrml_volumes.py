@@ -109,6 +109,39 @@ def test_rejects_vector_volume_with_a_hint():
         volume_from_node(node)
 
 
+def test_vector_volume_converted_by_a_task_converter():
+    """A task that reads grey images stored as RGB (radiographs) converts a vector node; its refusal stands."""
+    from MedSegAILib.tasks.carpal.radiograph import grey_from_rgb
+
+    scene = _scene()
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "wrist")
+    grey = np.random.default_rng(0).integers(0, 255, (1, 6, 7)).astype(np.uint8)
+    slicer.util.updateVolumeFromArray(node, np.repeat(grey[..., None], 3, axis=-1))
+    node.SetSpacing(0.2, 0.3, 1.0)
+    vol = volume_from_node(node, vector_to_scalar=grey_from_rgb)
+    assert vol.shape == (1, 6, 7) and np.allclose(vol.array, grey)
+    assert np.allclose(vol.spacing, (0.2, 0.3, 1.0)) and vol.meta.get("read_notes")
+    colour = np.stack([grey, 255 - grey, np.roll(grey, 2, axis=-1)], axis=-1)
+    slicer.util.updateVolumeFromArray(node, colour)
+    with pytest.raises(InputError, match="colour"):
+        volume_from_node(node, vector_to_scalar=grey_from_rgb)
+
+
+def test_spacing_known_survives_the_scene():
+    scene = _scene()
+    v = Volume(np.ones((1, 4, 5), np.float32), (1.0, 1.0, 1.0), meta={"spacing_known": False})
+    assert volume_from_node(node_from_volume(scene, v, "png-like")).meta["spacing_known"] is False
+    v.meta["spacing_known"] = True
+    assert volume_from_node(node_from_volume(scene, v, "dicom-like")).meta["spacing_known"] is True
+    plain = node_from_volume(scene, Volume(np.ones((3, 4, 5), np.float32), (1.0, 1.0, 1.0)), "nifti-like")
+    assert "spacing_known" not in volume_from_node(plain).meta
+    # a node read by Slicer from a PNG/JPEG file has 1 mm pixels that mean nothing
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName("/data/hand.png")
+    plain.SetAndObserveStorageNodeID(storage.GetID())
+    assert volume_from_node(plain).meta["spacing_known"] is False
+
+
 def test_rejects_multi_component_scalar_and_multivolume():
     import vtk
 

@@ -116,7 +116,9 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for spec in self.task.inputs:
             selector = slicer.qMRMLNodeComboBox()
             selector.objectName = f"{spec.role}InputSelector"
-            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            # radiograph tasks also take grey images that Slicer loaded as RGB (vector) volumes
+            colour = ["vtkMRMLVectorVolumeNode"] if self.task.accepts_colour_nodes else []
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode", *colour]
             selector.showChildNodeTypes = False  # no label maps
             selector.selectNodeUponCreation = True
             selector.addEnabled = False

@@ -64,7 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def find_inputs(path: Path, pattern: str | None) -> list[Path]:
+def find_inputs(path: Path, pattern: str | None, planar: bool = False) -> list[Path]:
+    """Image files of a folder. Single-file 2-D formats (PNG, JPEG, TIFF, a DICOM file) are cases only for tasks
+    on planar images (``planar``): for volume tasks they are slices of a series, not cases."""
     from MedSegAILib.core.io import VOLUME_SUFFIXES
 
     if path.is_file():
@@ -74,7 +76,8 @@ def find_inputs(path: Path, pattern: str | None) -> list[Path]:
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     if pattern:
         return [p for p in files if fnmatch.fnmatch(p.name, pattern)]
-    suffixes = tuple(s for s in VOLUME_SUFFIXES if s not in (".npy", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm"))
+    single_2d = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
+    suffixes = tuple(s for s in VOLUME_SUFFIXES if s != ".npy" and (planar or s not in single_2d))
     return [p for p in files if p.name.lower().endswith(suffixes) and not p.name.lower().endswith(".seg.nrrd")]
 
 
@@ -96,7 +99,8 @@ def _role_files(folder: Path, task) -> dict[str, Path]:
 def find_cases(path: Path, pattern: str | None, task) -> list[tuple[str, dict[str, Path]]]:
     """``[(case name, {role: file})]``: one file per case for one-image tasks, one folder per case otherwise."""
     if len(task.inputs) == 1:
-        return [(p.name, {task.reference_role: p}) for p in find_inputs(path, pattern)]
+        planar = all(spec.dims == 2 for spec in task.inputs)
+        return [(p.name, {task.reference_role: p}) for p in find_inputs(path, pattern, planar)]
     if _role_files(path, task):
         return [(path.name, _role_files(path, task))]
     if not path.is_dir():

@@ -297,6 +297,12 @@ class Task(abc.ABC):
             "single-component grayscale image. Convert it with the Vector to Scalar Volume module first."
         )
 
+    @property
+    def accepts_colour_nodes(self) -> bool:
+        """Whether colour (vector) volume nodes may be offered to this task (it overrides
+        :meth:`scalar_from_vector`); the Slicer input selectors then list them."""
+        return type(self).scalar_from_vector is not Task.scalar_from_vector
+
     def input_spec(self, role: str) -> InputSpec:
         for spec in self.inputs:
             if spec.role == role:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -256,7 +257,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         save_state(net, out / f"{mode}.safetensors")
         records[mode] = rec
         log(f"[{mode}] validation mean per-bone Dice {rec['val_mean_dice']:.4f} ({rec['minutes']:.1f} min)")
-    meta = {"recipe": "python -m MedSegAILib.train.carpal " + " ".join(argv or []), "seeds": SEEDS,
+    meta = {"recipe": "python -m MedSegAILib.train.carpal " + " ".join(sys.argv[1:] if argv is None else argv), "seeds": SEEDS,
             "n_train_phantoms": args.n_train, "n_val_phantoms": args.n_val, "views": args.views,
             "hyperparameters": args.hp,  "models": records}
     (out / "metrics.json").write_text(json.dumps(meta, indent=1))
