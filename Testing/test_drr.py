@@ -343,3 +343,17 @@ def test_make_drr_pairs_resamples_labels_nearest(tmp_path):
     assert "nearest" in meta["labels_grid"]
     lv = read_volume(tmp_path / "r" / "label_000.nrrd").array
     assert set(np.unique(lv)) <= {0, 1, 2, 11} and lv.dtype == np.uint8
+
+
+def test_on_top_bone_is_drawn_whole():
+    """A small bone over a thicker one keeps its whole outline with ``on_top``; without it, only what sticks out."""
+    from MedSegAILib.simulate.drr import resolve_overlaps
+
+    paths = np.zeros((4, 8, 8), np.float32)
+    paths[1, 2:8, 2:8] = 12.0  # thick bone 1
+    paths[2, 0:5, 0:5] = 8.0  # smaller bone 2 over it
+    plain = resolve_overlaps(paths)
+    assert (plain == 2).sum() == 25 - 9 and (plain == 1).sum() == 36
+    top = resolve_overlaps(paths, on_top=(2,))
+    assert (top == 2).sum() == 25 and (top == 1).sum() == 36 - 9
+    assert (resolve_overlaps(paths, on_top=(2,), ignore=(2,)) == 2).sum() == 0

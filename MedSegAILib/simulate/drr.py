@@ -31,7 +31,11 @@ deliberate change from the public MATLAB code (METHODS.md 5.4/5.7), which took t
 along the ray: that target depends on the viewing side and labels a pixel with a bone that may be a thin
 sliver in front of a thick one. Labels listed in ``ignore`` (e.g. metacarpals, background for the network)
 are removed before the choice: they become background and never hide the bones behind them. Ties go to
-the lower label id.
+the lower label id. Labels listed in ``on_top`` are the exception: a small bone that lies over a larger one
+in the view (the pisiform over the triquetrum in a PA wrist view) would otherwise keep only the crescent that
+sticks out, a shape no reader draws and no network can learn from the image; such a bone is drawn whole
+(wherever its own path is at least ``min_path_mm``), as radiologists outline it, and the bone under it gets
+the rest.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ MU_WATER_60KEV = 0.0206
 
 OVERLAP_RULE = ("longest path: each pixel gets the label with the longest path (mm) along its ray, background "
                 "where that path is below min_path_mm; ignored labels are background and hide nothing; "
-                "ties go to the lower label id")
+                "ties go to the lower label id; labels listed as on_top (e.g. the pisiform) are drawn whole over "
+                "the others")
 
 
 def _unit(v: Sequence[float], name: str) -> np.ndarray:
@@ -411,12 +416,14 @@ def project_labels(
     return out.T.reshape((n_labels + 1,) + tuple(geometry.shape)).cpu().numpy()
 
 
-def resolve_overlaps(path_lengths: np.ndarray, *, min_path_mm: float = 1.0, ignore: Sequence[int] = ()
-                     ) -> np.ndarray:
+def resolve_overlaps(path_lengths: np.ndarray, *, min_path_mm: float = 1.0, ignore: Sequence[int] = (),
+                     on_top: Sequence[int] = ()) -> np.ndarray:
     """(H, W) uint8 label image from (n+1, H, W) path lengths: the label with the longest path wins.
 
     Background (0) where the longest non-ignored label path is below ``min_path_mm``. Ignored labels are
-    zeroed before the choice, so they are background and do not hide anything. Ties -> lower id.
+    zeroed before the choice, so they are background and do not hide anything. Ties -> lower id. Labels in
+    ``on_top`` (in that order of precedence) take every pixel where their own path is at least
+    ``min_path_mm``, whatever lies under them (see the module docstring).
     """
     p = np.asarray(path_lengths, dtype=np.float32)
     if p.ndim != 3 or p.shape[0] < 1:
@@ -431,7 +438,10 @@ def resolve_overlaps(path_lengths: np.ndarray, *, min_path_mm: float = 1.0, igno
         return np.zeros(p.shape[1:], np.uint8)
     best = np.argmax(bones, axis=0)
     longest = np.take_along_axis(bones, best[None], axis=0)[0]
-    return np.where(longest >= min_path_mm, best + 1, 0).astype(np.uint8)
+    out = np.where(longest >= min_path_mm, best + 1, 0).astype(np.uint8)
+    for lab in reversed([int(v) for v in on_top if 1 <= int(v) <= bones.shape[0] and int(v) not in ignore]):
+        out[bones[lab - 1] >= min_path_mm] = lab  # the first listed is applied last: it wins
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- radiograph

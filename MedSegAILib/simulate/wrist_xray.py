@@ -5,7 +5,8 @@ its own source distance, detector pixel size (field of view), in-plane rotation,
 noise, blur and display curve (:func:`MedSegAILib.simulate.drr.random_geometry` and
 :func:`MedSegAILib.simulate.drr.radiograph`). The label of a pixel is the bone with the longest path along its
 ray (:func:`MedSegAILib.simulate.drr.resolve_overlaps`); metacarpals are present in the image but background in
-the labels (the network's ten targets are the carpals, the distal radius and the distal ulna).
+the labels (the network's ten targets are the carpals, the distal radius and the distal ulna). The pisiform, which
+lies over the triquetrum in a PA view, is drawn whole (``ON_TOP``), as a reader outlines it.
 
 Used by the training recipe (:mod:`MedSegAILib.train.carpal`), the benchmark and the tests, so every one of them
 sees the same kind of image.
@@ -22,6 +23,9 @@ from MedSegAILib.core.volume import Volume
 
 #: detector pixel size range (mm): a 256-pixel detector then covers 85-123 mm, distal forearm to metacarpals
 PIXEL_MM = (0.33, 0.48)
+#: bones drawn whole over the bone under them (the pisiform lies palmar to the triquetrum; with the longest-path
+#: rule alone it would keep only the crescent that sticks out)
+ON_TOP = (4,)
 #: in-plane rotation of the field (degrees): hands are placed roughly upright on the cassette
 IN_PLANE_DEG = (-12.0, 12.0)
 
@@ -55,7 +59,7 @@ def simulate_wrist_views(seed: int, n_views: int = 1, *, size: int = 256,
         line = drr.project(mu, geom, step_mm=step)
         image = drr.radiograph(line, rng, pixel_size=px)
         paths = drr.project_labels(ph.labels, geom, n_labels=n_labels, step_mm=step)
-        label = drr.resolve_overlaps(paths, min_path_mm=min_path_mm, ignore=ignore)
+        label = drr.resolve_overlaps(paths, min_path_mm=min_path_mm, ignore=ignore, on_top=ON_TOP)
         img_vol = geom.image_volume(image.astype(np.float32))
         img_vol.meta.update({"modality": "DX", "spacing_known": True, "name": f"wrist-{seed}"})
         lab_vol = img_vol.with_array(label.astype(np.uint8)[np.newaxis], is_labelmap=True)
