@@ -212,8 +212,10 @@ def cmd_drr(args: argparse.Namespace) -> int:
 
     try:
         ignore = tuple(int(x) for x in args.ignore_labels.split(",") if x.strip()) if args.ignore_labels else ()
+        on_top = tuple(int(x) for x in args.on_top_labels.split(",") if x.strip()) if args.on_top_labels else ()
     except ValueError:
-        raise MedSegAIError(f"--ignore-labels expects comma-separated integers; got {args.ignore_labels!r}.") from None
+        raise MedSegAIError("--ignore-labels and --on-top-labels expect comma-separated integers; got "
+                            f"{args.ignore_labels!r}, {args.on_top_labels!r}.") from None
     sdd = floats(args.sdd, "sdd", 2)
     ct = read_volume(args.ct)
     labels = read_volume(args.labels)
@@ -224,7 +226,7 @@ def cmd_drr(args: argparse.Namespace) -> int:
     records = make_drr_pairs(
         ct, labels, out, n=args.n, rng=args.seed, size=args.size, pixel_mm=args.pixel_mm,
         sdd_range_mm=sdd[0] if len(sdd) == 1 else sdd, view=floats(args.view, "view", 3),
-        up=floats(args.up, "up", 3), min_path_mm=args.min_path_mm, ignore=ignore,
+        up=floats(args.up, "up", 3), min_path_mm=args.min_path_mm, ignore=ignore, on_top=on_top,
         label_names=_label_names_from_header(args.labels), overwrite=args.overwrite, progress=Progress(progress),
     )
     if not args.quiet:
@@ -276,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--min-path-mm", type=float, default=1.0, help="shortest bone path that labels a pixel")
     r.add_argument("--ignore-labels", default="", help="comma-separated label ids drawn as background")
+    r.add_argument("--on-top-labels", default="", help="comma-separated label ids drawn whole over the bones under "
+                   "them (e.g. a small bone lying over a larger one; default: the longest path wins everywhere)")
     r.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty folder")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_drr)

@@ -276,10 +276,11 @@ def test_drr_cli_writes_consistent_pairs(tmp_path):
     ct_p, lab_p = _tiny_case(tmp_path)
     out = tmp_path / "out"
     rc = main(["drr", str(ct_p), str(lab_p), "-o", str(out), "--n", "2", "--size", "48", "--pixel-mm", "0.8",
-               "--ignore-labels", "11", "--seed", "3", "-q"])
+               "--ignore-labels", "11", "--on-top-labels", "2", "--seed", "3", "-q"])
     assert rc == 0
     meta = json.loads((out / "drr.json").read_text())
     assert meta["seed"] == 3 and meta["ignore_labels"] == [11] and "longest path" in meta["overlap_rule"]
+    assert meta["on_top_labels"] == [2]
     assert len(meta["projections"]) == 2
     for rec in meta["projections"]:
         img = read_volume(out / rec["image"])

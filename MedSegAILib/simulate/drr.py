@@ -560,6 +560,7 @@ def make_drr_pairs(
     up: Sequence[float] = (0.0, 0.0, 1.0),
     min_path_mm: float = 1.0,
     ignore: Sequence[int] = (),
+    on_top: Sequence[int] = (),
     label_names: Optional[Mapping[int, str]] = None,
     bone_slope: float = 1.0,
     step_mm: Optional[float] = None,
@@ -621,7 +622,7 @@ def make_drr_pairs(
         p = project(mu, g, step_mm=step_mm, device=device, progress=sub.sub(0.0, 0.6), cancel=cancel)
         paths = project_labels(lab_vol, g, n_labels, step_mm=step_mm, device=device, progress=sub.sub(0.6, 0.95),
                                cancel=cancel)
-        seg = resolve_overlaps(paths, min_path_mm=min_path_mm, ignore=ignore)
+        seg = resolve_overlaps(paths, min_path_mm=min_path_mm, ignore=ignore, on_top=on_top)
         img, params = radiograph(p, gen, pixel_size=pixel_mm, return_params=True)
         stem = f"{i:03d}"
         write_volume(g.image_volume(img, modality="DX"), out / f"drr_{stem}.nrrd")
@@ -637,6 +638,7 @@ def make_drr_pairs(
         "format": "medsegai-drr", "version": 1, "seed": None if seed is None else int(seed),
         "n": n, "detector": {"shape": [size, size], "pixel_mm": pixel_mm},
         "overlap_rule": OVERLAP_RULE, "min_path_mm": min_path_mm, "ignore_labels": [int(x) for x in ignore],
+        "on_top_labels": [int(x) for x in on_top],
         "label_names": {str(k): v for k, v in (label_names or {}).items()},
         "attenuation": {"model": "mu = mu_water (1 + HU/1000), clipped at 0", "mu_water_per_mm": MU_WATER_60KEV,
                         "bone_slope": bone_slope},
