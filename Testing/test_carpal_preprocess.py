@@ -380,3 +380,17 @@ def test_inverse_argmax_matches_inverse_then_argmax():
             edge = ndimage.morphological_gradient(ref.argmax(0).astype(np.int16), size=3) > 0
             near = ndimage.binary_dilation(edge, iterations=2)
             assert near[~agree].all()
+
+
+def test_non_square_pixels_keep_the_physical_shape():
+    """A disc imaged with 0.2 x 0.1 mm pixels (an ellipse in pixels) is a disc again on the network grid."""
+    h, w = 400, 200  # rows 0.1 mm, columns 0.2 mm: a 40 x 40 mm field
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = (((yy + 0.5) * 0.1 - 20) ** 2 + ((xx + 0.5) * 0.2 - 20) ** 2 < 10 ** 2).astype(np.float32)
+    x, box = prepare_input(disc * 200 + 20, "none", 128, spacing=(0.2, 0.1))
+    assert box.inner_shape == (128, 128)
+    m = x[0] > 0.5
+    rows, cols = np.nonzero(m)
+    assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 2
+    lab, _ = box.inverse_argmax(np.stack([1 - m, m]).astype(np.float32))
+    assert (lab.astype(bool) == disc.astype(bool)).mean() > 0.99

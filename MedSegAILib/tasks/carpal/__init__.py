@@ -70,6 +70,30 @@ def bone_labels() -> list[LabelInfo]:
             for v, name, scheme, code, meaning, color in BONES]
 
 
+#: the eight carpal bones (label values)
+CARPALS = tuple(range(1, 9))
+#: a bone whose mean winning probability is below this is not reported (mostly fragments on non-wrist images)
+MIN_BONE_CONFIDENCE = 0.6
+#: an image is taken as a wrist radiograph when at least this many carpal bones reach WRIST_CONFIDENCE
+MIN_CONFIDENT_CARPALS = 4
+WRIST_CONFIDENCE = 0.8
+
+
+def wrist_evidence(prob: np.ndarray, min_pixels: int = 10) -> tuple[int, float]:
+    """How much a (C, S, S) softmax looks like a wrist: (number of carpal bones whose arg-max region has at least
+    ``min_pixels`` pixels and a mean probability >= WRIST_CONFIDENCE, mean probability over all bone pixels).
+    Compared as a tuple: more confident carpals first, then the overall confidence."""
+    label = prob.argmax(0)
+    winning = prob.max(0)
+    n = 0
+    for v in CARPALS:
+        m = label == v
+        if m.sum() >= min_pixels and float(winning[m].mean()) >= WRIST_CONFIDENCE:
+            n += 1
+    bone = label > 0
+    return n, float(winning[bone].mean()) if bone.any() else 0.0
+
+
 @dataclass
 class CarpalParameters:
     intensity: str = param(
@@ -148,7 +172,7 @@ class CarpalTask(Task):
 
         from MedSegAILib.tasks.carpal import postprocess
         from MedSegAILib.tasks.carpal.preprocess import prepare_input
-        from MedSegAILib.tasks.carpal.radiograph import auto_orient_intensity
+        from MedSegAILib.tasks.carpal.radiograph import INVERT_CONFIDENCE, detect_inverted, invert_intensity
 
         params = params if params is not None else CarpalParameters()
         self.validate_inputs(inputs)
@@ -158,34 +182,44 @@ class CarpalTask(Task):
         messages: list[str] = list(image.meta.get("read_notes", []))
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
+        import torch  # noqa: F401 - imported once here, used by _forward
 
-        # ---- polarity
+        # ---- polarity: the header (MONOCHROME1) was applied when reading; then the image statistics decide when
+        # they are confident, and otherwise the network itself: a radiograph of the wrong polarity gives no
+        # confident carpal bones (both polarities are run, the one with more evidence of a wrist is kept)
         img = np.asarray(image.array[0], np.float32)
+        candidates: list[tuple[np.ndarray, Optional[str]]] = []
         if params.intensity == "invert":
-            img = img.max() + img.min() - img
-            messages.append("The image was inverted as requested (parameter intensity=invert).")
-        elif params.intensity == "auto":
-            img, note = auto_orient_intensity(img)
-            if note:
-                messages.append(note)
+            candidates.append((invert_intensity(img), "The image was inverted as requested (parameter intensity)."))
+        elif params.intensity == "as-is":
+            candidates.append((img, None))
+        else:
+            inverted, conf = detect_inverted(img)
+            if conf >= INVERT_CONFIDENCE:
+                candidates.append((invert_intensity(img), f"The image looked inverted (bright background, dark "
+                                   f"bones; confidence {conf:.2f}) and was inverted; set the parameter intensity to "
+                                   "'as-is' if that is wrong.") if inverted else (img, None))
+            else:
+                candidates += [(img, None), (invert_intensity(img), "The image was taken as inverted (bright "
+                                "background, dark bones): the network found a wrist only in the inverted image. "
+                                "Set the parameter intensity to 'as-is' if that is wrong.")]
         ctx.cancel.check()
 
-        # ---- network
-        prog(0.1, f"Pre-processing ({mode})")
-        x, box = prepare_input(img, mode, size)
-        timings["preprocess_s"] = time.perf_counter() - t0
-        prog(0.3, "Segmenting the bones")
+        prog(0.1, f"Segmenting the bones ({mode} pre-processing)")
         t1 = time.perf_counter()
-        dev = ctx.device
-        net = net.to(dev).eval()
-        with torch.inference_mode():
-            xt = torch.from_numpy(np.ascontiguousarray(x[None])).to(dev)
-            prob = torch.softmax(net(xt).float(), 1)
-            if params.mirror_average:
-                prob = 0.5 * (prob + torch.softmax(net(xt.flip(-1)).float(), 1).flip(-1))
-        prob_np = prob[0].cpu().numpy()
+        best = None
+        for cand, note in candidates:
+            x, box = prepare_input(cand, mode, size, spacing=image.spacing[:2])
+            prob_np = self._forward(net, x, ctx.device, params.mirror_average)
+            evidence = wrist_evidence(prob_np)
+            if best is None or evidence > best[0]:
+                best = (evidence, prob_np, box, note, cand)
+            ctx.cancel.check()
+        assert best is not None
+        _evidence, prob_np, box, note, img = best
+        if note:
+            messages.append(note)
         timings["network_s"] = time.perf_counter() - t1
-        ctx.cancel.check()
 
         # ---- back to the input grid (probabilities, never labels), arg-max, clean-up
         prog(0.7, "Mapping to the image grid")
@@ -193,6 +227,12 @@ class CarpalTask(Task):
         label, confidence = box.inverse_argmax(prob_np)
         if params.largest_component:
             label = postprocess.keep_largest_per_label(label, range(1, len(BONES) + 1))
+        label, dropped, is_wrist = postprocess.confident_bones(label, confidence, range(1, len(BONES) + 1),
+                                                               CARPALS, MIN_BONE_CONFIDENCE, MIN_CONFIDENT_CARPALS,
+                                                               WRIST_CONFIDENCE)
+        if dropped and is_wrist:
+            messages.append(f"Not reported (mean confidence below {MIN_BONE_CONFIDENCE:g}): "
+                            f"{', '.join(BONES[v - 1][1] for v in dropped)}.")
         timings["postprocess_s"] = time.perf_counter() - t1
 
         # ---- measurements
@@ -201,8 +241,10 @@ class CarpalTask(Task):
         missing = [name for v, name, *_ in BONES if v not in found]
         if not found:
             messages.append(
-                "No carpal bone was found. Is this a PA radiograph of the hand or wrist? The model was trained on "
-                "wrist-centred PA views (field of view about 9-16 cm); crop a whole-arm or lateral image first.")
+                "No carpal bones were found: the image does not look like a PA hand/wrist radiograph to the model "
+                f"(fewer than {MIN_CONFIDENT_CARPALS} carpal bones with a confidence of {WRIST_CONFIDENCE:g}). The "
+                "model was trained on wrist-centred PA views (field of view about 8.5-12.5 cm): crop a whole-hand or "
+                "whole-arm image to the wrist; lateral views are not supported.")
         elif missing:
             messages.append(f"Not found: {', '.join(missing)} (outside the field of view, or not visible).")
         if not image.meta.get("spacing_known", True):
@@ -219,6 +261,19 @@ class CarpalTask(Task):
                           provenance=provenance, messages=messages)
 
     # ------------------------------------------------------------------------------------------ helpers
+    @staticmethod
+    def _forward(net: Any, x: np.ndarray, device: Any, mirror_average: bool) -> np.ndarray:
+        """Softmax (C, S, S) of the network input ``x`` (1, S, S), averaged with the mirrored input's."""
+        import torch
+
+        net = net.to(device).eval()
+        with torch.inference_mode():
+            xt = torch.from_numpy(np.ascontiguousarray(x[None])).to(device)
+            prob = torch.softmax(net(xt).float(), 1)
+            if mirror_average:
+                prob = 0.5 * (prob + torch.softmax(net(xt.flip(-1)).float(), 1).flip(-1))
+        return prob[0].cpu().numpy()
+
     @staticmethod
     def _measure(image: Volume, label: np.ndarray, confidence: np.ndarray) -> tuple[Table, PointList, set[int]]:
         spacing_known = bool(image.meta.get("spacing_known", True))

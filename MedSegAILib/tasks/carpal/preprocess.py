@@ -235,6 +235,9 @@ class LetterBox:
 
     shape: tuple[int, int]
     size: int = 256
+    #: physical height / width of one pixel (row spacing / column spacing): 1 for square pixels. The image is
+    #: placed by its physical extent, so non-square pixels do not squash the anatomy on the (isotropic) grid.
+    aspect: float = 1.0
 
     @classmethod
     def for_image(cls, img: np.ndarray, size: int = 256) -> "LetterBox":
@@ -243,14 +246,15 @@ class LetterBox:
 
     @property
     def scale(self) -> float:
-        """Grid pixels per image pixel (the same along both axes, up to the rounding of nh, nw)."""
-        return self.size / max(self.shape)
+        """Grid pixels per image column (per image row: ``scale * aspect``), up to the rounding of nh, nw."""
+        h, w = self.shape
+        return self.size / max(h * self.aspect, w)
 
     @property
     def inner_shape(self) -> tuple[int, int]:
         """(nh, nw): the size of the image inside the grid."""
         h, w = self.shape
-        return max(1, round(h * self.scale)), max(1, round(w * self.scale))
+        return max(1, round(h * self.aspect * self.scale)), max(1, round(w * self.scale))
 
     @property
     def offsets(self) -> tuple[int, int]:
@@ -373,8 +377,11 @@ class LetterBox:
 
 
 # ---------------------------------------------------------------------------------------------- entry point
-def prepare_input(img2d: np.ndarray, mode: str, size: int = 256) -> tuple[np.ndarray, LetterBox]:
+def prepare_input(img2d: np.ndarray, mode: str, size: int = 256,
+                  spacing: Sequence[float] | None = None) -> tuple[np.ndarray, LetterBox]:
     """Network input ``(1, size, size)`` float32 in [0, 1] and the :class:`LetterBox` to map outputs back.
+
+    ``spacing``: (column, row) pixel size; only their ratio is used (non-square pixels), square when None.
 
     resize into the grid -> :func:`normalise` (0..255) -> pad with 0 -> :func:`gradient` (``mode``).
     Used by both training (on DRRs) and inference (on radiographs): one definition of the input.
@@ -384,6 +391,9 @@ def prepare_input(img2d: np.ndarray, mode: str, size: int = 256) -> tuple[np.nda
     img = plane_array(img2d)
     if not np.all(np.isfinite(img)):
         raise InputError("The image contains NaN or infinite pixels; fix or replace them before segmenting.")
-    box = LetterBox(img.shape, int(size))  # type: ignore[arg-type]
+    aspect = float(spacing[1]) / float(spacing[0]) if spacing is not None else 1.0
+    if not (np.isfinite(aspect) and 0.1 <= aspect <= 10):
+        raise InputError(f"The pixel spacing {tuple(spacing)[:2]} is implausible (row/column ratio {aspect:g}).")
+    box = LetterBox(img.shape, int(size), aspect)  # type: ignore[arg-type]
     grid = box.pad(normalise(box.resize(img)), 0.0)
     return gradient(grid, mode)[np.newaxis], box
