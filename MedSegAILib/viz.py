@@ -60,6 +60,10 @@ def overlay_png(
     from matplotlib.patches import Patch
 
     step = float(min(max(min(image.spacing), 0.5), 4.0))
+    # a picture needs no more than ~800 pixels a side (a 2048 x 2048 radiograph would otherwise be contoured at full
+    # size, seconds for nothing the eye can see)
+    extent = np.asarray(image.spacing) * np.asarray(image.size_ijk)
+    step = max(step, float(extent.max()) / 800.0)
     img, lab, _ = _patient_aligned(image, labelmap, step)  # arrays [z, y, x] in LPS order
     if window is None:
         # window on the labelled structures, not the whole field: in nuclear medicine a hotter organ (liver, gut,

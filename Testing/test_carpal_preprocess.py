@@ -394,3 +394,23 @@ def test_non_square_pixels_keep_the_physical_shape():
     assert abs((rows.max() - rows.min()) - (cols.max() - cols.min())) <= 2
     lab, _ = box.inverse_argmax(np.stack([1 - m, m]).astype(np.float32))
     assert (lab.astype(bool) == disc.astype(bool)).mean() > 0.99
+
+
+def test_postprocess_keeps_the_largest_piece_fills_holes_and_drops_unconfident_bones():
+    from MedSegAILib.tasks.carpal.postprocess import confident_bones, keep_largest_per_label
+
+    lab = np.zeros((300, 400), np.uint8)
+    lab[50:100, 50:120] = 1
+    lab[70, 80] = 0  # a hole
+    lab[250:252, 350:352] = 1  # a stray island far away
+    lab[150:200, 200:260] = 2
+    lab[160:165, 210:215] = 3  # another bone inside bone 2's outline (the pisiform over the triquetrum) stays
+    out = keep_largest_per_label(lab, (1, 2, 3))
+    assert out[70, 80] == 1 and (out[250:252, 350:352] == 0).all()
+    assert (out == 1).sum() == 50 * 70 and (out == 3).sum() == 25
+    conf = np.full(lab.shape, 0.95, np.float32)
+    conf[out == 3] = 0.4
+    kept, dropped, ok = confident_bones(out, conf, (1, 2, 3), (1, 2, 3), 0.6, 2, 0.8)
+    assert ok and dropped == [3] and not (kept == 3).any() and (kept == 1).sum() == 50 * 70
+    kept, dropped, ok = confident_bones(out, conf, (1, 2, 3), (1, 2, 3), 0.6, 3, 0.8)
+    assert not ok and not kept.any()

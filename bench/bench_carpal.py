@@ -15,6 +15,8 @@ Reported:
 * **Dice per bone** (a real per-class Dice on label maps, computed per radiograph where the bone is in the truth
   or the prediction, then averaged over radiographs), the **mean over the ten bones**, and the share of
   radiographs where a bone present in the truth (>= 20 pixels) was missed entirely; one row per model.
+* **Robustness** (default model): inverted (white-background) radiographs, Dice after the task's polarity decision;
+  20 non-wrist images (noise, smooth fields, ramps, planar neck scintigrams): how many get no bones reported.
 * **Time** of one radiograph end to end (``--speed N`` radiographs) through the command-line path
   (:func:`MedSegAILib.cli.run_segment`: read a 16-bit PNG, segment, write .seg.nrrd, label map, CSV, markups
   and overlay PNG), at the network's size (256 x 256) and at a clinical size (2048 x 2048, 0.125 mm pixels),
@@ -78,6 +80,44 @@ def dice_table(models: list[str], phantoms: int, views: int, device: str) -> dic
     return out
 
 
+def robustness(model: str, phantoms: int, device: str) -> dict:
+    """Inverted radiographs (white background): Dice after the task's polarity decision; non-wrist images (noise,
+    smooth fields, ramps, planar neck scintigrams): how many are reported as showing no carpal bones."""
+    from MedSegAILib.core.volume import Volume
+    from MedSegAILib.pipeline import segment
+    from MedSegAILib.simulate.planar_neck import simulate_neck
+    from MedSegAILib.simulate.wrist_xray import simulate_wrist_views
+    from MedSegAILib.train.carpal import per_bone_dice
+
+    d_inv, inverted_note = [], 0
+    for n in range(phantoms):
+        v = simulate_wrist_views(SEEDS["test"] + n, 1)[0]
+        res = segment("carpal", {"image": v.image.with_array(1.0 - v.image.array)}, model_id=model, device=device)
+        d_inv.append(float(np.nanmean(per_bone_dice(res.labelmap.array, v.label.array))))
+        inverted_note += any("invert" in m for m in res.messages)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:256, 0:256]
+    negatives = []
+    for k in range(5):
+        negatives += [rng.random((256, 256)),
+                      0.4 + 0.2 * np.sin(xx / rng.uniform(20, 60)) * np.cos(yy / rng.uniform(20, 60))
+                      + 0.02 * rng.standard_normal((256, 256)),
+                      np.cos(rng.uniform(0, np.pi)) * xx / 255 + np.sin(rng.uniform(0, np.pi)) * yy / 255,
+                      simulate_neck(100 + k).tc.array[0]]
+    rejected = 0
+    for img in negatives:
+        res = segment("carpal", {"image": Volume(np.asarray(img, np.float32)[None], (0.4, 0.4, 1.0),
+                                                 meta={"modality": "DX"})}, model_id=model, device=device)
+        rejected += not res.labels
+    out = {"inverted_mean_dice": float(np.mean(d_inv)), "inverted_min_dice": float(np.min(d_inv)),
+           "inverted_detected": inverted_note, "inverted_n": phantoms,
+           "non_wrist_rejected": rejected, "non_wrist_n": len(negatives)}
+    print(f"\nRobustness ({model}): inverted radiographs mean Dice {out['inverted_mean_dice']:.3f} (min "
+          f"{out['inverted_min_dice']:.3f}), inversion noted in {inverted_note}/{phantoms}; non-wrist images with no "
+          f"bones reported: {rejected}/{len(negatives)}")
+    return out
+
+
 def speed(model: str, n: int, device: str) -> dict:
     import SimpleITK as sitk
 
@@ -127,7 +167,8 @@ def main(argv=None) -> int:
     ap.add_argument("--phantoms", type=int, default=40)
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--speed", type=int, default=6, help="radiographs per size for the timing (0: none)")
-    ap.add_argument("--speed-model", default="")
+    ap.add_argument("--speed-model", default="", help="model of the timing and robustness runs (default: the task's)")
+    ap.add_argument("--robustness", type=int, default=20, help="inverted held-out radiographs (0: none)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default="")
@@ -139,6 +180,10 @@ def main(argv=None) -> int:
     out: dict = {"phantoms": args.phantoms, "views": args.views, "seeds_from": SEEDS["test"]}
     if args.phantoms:
         out["dice"] = dice_table(models, args.phantoms, args.views, args.device)
+    if args.robustness:
+        from MedSegAILib.tasks.carpal import CarpalTask
+
+        out["robustness"] = robustness(args.speed_model or CarpalTask.default_model, args.robustness, args.device)
     if args.speed:
         from MedSegAILib.tasks.carpal import CarpalTask
 

@@ -32,7 +32,6 @@ from MedSegAILib.tasks.base import (
     CodedTerm,
     InputSpec,
     LabelInfo,
-    Picture,
     PointList,
     RunContext,
     Table,
@@ -122,7 +121,7 @@ class CarpalTask(Task):
     )
     Parameters = CarpalParameters
     labels = tuple(bone_labels())
-    default_model = "carpal-unet2d-local"
+    default_model = "carpal-unet2d-none"
 
     # ------------------------------------------------------------------------------------------ reading, checks
     def read_input(self, role: str, path: str) -> Volume:
@@ -250,14 +249,13 @@ class CarpalTask(Task):
         if not image.meta.get("spacing_known", True):
             messages.append("The image has no pixel spacing: areas are given in pixels, not mm^2.")
 
+        # no picture of its own: the overlay every front end draws (outputs.py, the Slicer views) is the picture
         label_vol = image.with_array(label[np.newaxis], is_labelmap=True, modality="SEG")
-        pictures = [Picture("Carpal bones", self._picture(image, img, label_vol),
-                            "The radiograph with the segmented bones.")]
         timings["total_s"] = time.perf_counter() - t0
         provenance = {"preprocessing": mode, "network_grid": size, "intensity": params.intensity,
                       "task_timings_s": {k: round(v, 4) for k, v in timings.items()}}
         return TaskResult(task_id=self.id, labelmap=label_vol, labels=[lab for lab in bone_labels() if lab.value in found],
-                          tables=[table], points=[points] if len(points.labels) else [], pictures=pictures,
+                          tables=[table], points=[points] if len(points.labels) else [],
                           provenance=provenance, messages=messages)
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -300,12 +298,3 @@ class CarpalTask(Task):
                       "Projected areas of the segmented bones" + ("" if spacing_known else " (pixels: no spacing)"))
         points = PointList("Carpal bone centres", np.array(pts).reshape(-1, 3), names)
         return table, points, found
-
-    @staticmethod
-    def _picture(image: Volume, img: np.ndarray, label_vol: Volume) -> bytes:
-        from MedSegAILib.viz import overlay_png
-
-        shown = image.with_array(img[np.newaxis])
-        lo, hi = np.percentile(img, [0.5, 99.5])
-        present = [lab for lab in bone_labels() if (label_vol.array == lab.value).any()]
-        return overlay_png(shown, label_vol, present, title="Carpal bones", window=(float(lo), float(max(hi, lo + 1))))

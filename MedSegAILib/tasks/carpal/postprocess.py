@@ -1,9 +1,9 @@
 """Label-map clean-up for 2-D bone segmentations, and the decision whether the image shows a wrist at all.
 
 A bone is one piece of bone: each label keeps its largest 8-connected component (small islands are network
-noise, usually a bone's class leaking into a neighbour), and holes inside it are filled. Pixels removed from a
-label become background, and hole pixels are taken from whatever they were (background or a stray island of
-another class): a bone cannot contain another bone in a single projection's label rule (longest path wins).
+noise, usually a bone's class leaking into a neighbour), and background holes inside it are filled. Pixels removed
+from a label become background; another bone inside a bone's outline is kept (the pisiform is drawn whole over the
+triquetrum, see :mod:`MedSegAILib.simulate.drr`).
 """
 
 from __future__ import annotations
@@ -16,22 +16,31 @@ from scipy import ndimage
 
 def keep_largest_per_label(label: np.ndarray, values: Iterable[int], fill_holes: bool = True) -> np.ndarray:
     """Return a copy of the 2-D ``label`` with each of ``values`` reduced to its largest connected component
-    (8-connectivity) and, with ``fill_holes``, its holes filled. Other values are left unchanged."""
+    (8-connectivity) and, with ``fill_holes``, its holes filled. Other values are left unchanged.
+
+    Each label is processed inside its bounding box (one pixel larger), so a 2048 x 2048 radiograph costs what
+    its bones cost, not ten passes over four million pixels."""
     out = label.copy()
     eight = np.ones((3, 3), bool)
+    boxes = ndimage.find_objects(out)
     for v in values:
-        mask = out == v
-        if not mask.any():
+        if v < 1 or v > len(boxes) or boxes[v - 1] is None:
             continue
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in boxes[v - 1])
+        sub = out[sl]  # a view: edits go to ``out``
+        mask = sub == v
         comp, n = ndimage.label(mask, structure=eight)
         if n > 1:
             sizes = np.bincount(comp.ravel())[1:]
             keep = comp == (int(np.argmax(sizes)) + 1)
-            out[mask & ~keep] = 0
+            sub[mask & ~keep] = 0
             mask = keep
-        if fill_holes:
-            filled = ndimage.binary_fill_holes(mask)
-            out[filled & ~mask] = v
+        if fill_holes and mask.any():  # inside the kept piece's own box (stray islands made the first box large)
+            tight = ndimage.find_objects(mask.astype(np.uint8))[0]
+            tight = tuple(slice(max(t.start - 1, 0), t.stop + 1) for t in tight)
+            m, region = mask[tight], sub[tight]
+            # only background holes: another bone inside the outline stays (the pisiform drawn over the triquetrum)
+            region[ndimage.binary_fill_holes(m) & ~m & (region == 0)] = v
     return out
 
 
