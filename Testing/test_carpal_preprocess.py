@@ -17,7 +17,7 @@ from MedSegAILib.tasks.carpal.preprocess import (
     local_gradient, normalise, prepare_input,
 )
 from MedSegAILib.tasks.carpal.radiograph import (
-    INVERT_CONFIDENCE, auto_orient_intensity, check_radiograph, detect_inverted, grey_from_rgb, read_radiograph,
+    INVERT_CONFIDENCE, check_radiograph, detect_inverted, grey_from_rgb, read_radiograph,
 )
 
 
@@ -345,16 +345,6 @@ def test_detect_inverted(frame, text, inverted):
         assert decision is inverted and conf >= INVERT_CONFIDENCE
     landscape = synthetic_radiograph(5, frame=frame, text=text, inverted=inverted).T.copy()
     assert detect_inverted(landscape)[0] is inverted
-
-
-def test_auto_orient_intensity():
-    normal = synthetic_radiograph(3, frame="bright")
-    out, note = auto_orient_intensity(normal)
-    assert note is None and np.array_equal(out, normal)
-    inv = synthetic_radiograph(3, frame="black", inverted=True)
-    out, note = auto_orient_intensity(inv)
-    assert note and "inverted" in note
-    np.testing.assert_allclose(out, inv.max() + inv.min() - inv, atol=1e-6)
 
 
 def test_inverse_argmax_matches_inverse_then_argmax():

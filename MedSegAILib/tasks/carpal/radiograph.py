@@ -39,7 +39,8 @@ MIN_SIDE = 64
 #: (JPEG chroma noise on a few edge pixels).
 COLOUR_TOLERANCE = 0.04
 COLOUR_PIXEL_FRACTION = 1e-4
-#: :func:`auto_orient_intensity` inverts only above this confidence of :func:`detect_inverted`.
+#: the carpal task inverts on the image statistics alone only above this confidence of :func:`detect_inverted`
+#: (below it, the network decides: see :meth:`MedSegAILib.tasks.carpal.CarpalTask.run`).
 INVERT_CONFIDENCE = 0.25
 #: Formats whose header carries a physical pixel spacing (the others: spacing unknown).
 _SPACED_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".nii", ".nii.gz")
@@ -402,17 +403,3 @@ def detect_inverted(img2d: np.ndarray) -> tuple[bool, float]:
     tex_cue = (s_bright - s_dark) / (s_bright + s_dark) if s_bright + s_dark > 1e-9 else 0.0
     score = 0.6 * ring_cue + 0.4 * tex_cue
     return bool(score < 0), float(min(1.0, abs(score)))
-
-
-def auto_orient_intensity(img: np.ndarray) -> tuple[np.ndarray, Optional[str]]:
-    """``img`` with bone bright: inverted when :func:`detect_inverted` is confident, with a note saying so."""
-    inverted, conf = detect_inverted(img)
-    if inverted and conf >= INVERT_CONFIDENCE:
-        return invert_intensity(img), (f"The image looked inverted (bright background, dark bones; confidence "
-                                       f"{conf:.2f}) and was inverted. If that is wrong, set the parameter "
-                                       "intensity to 'as-is'.")
-    if inverted:
-        return np.asarray(img, np.float32), (f"The image may be inverted (confidence only {conf:.2f}); it was left as "
-                                             "it is. Check that bones look bright; if not, set the parameter "
-                                             "intensity to 'invert'.")
-    return np.asarray(img, np.float32), None
