@@ -45,11 +45,6 @@ class SegmentationLogic:
         """``{role: Volume}`` copies of the input volume nodes (see :func:`volume_from_node`). With ``task_id``,
         colour (vector) nodes are offered to the task's :meth:`Task.scalar_from_vector` (a radiograph task accepts
         grey images stored as RGB)."""
-        converter = None
-        if task_id is not None:
-            from MedSegAILib.tasks.registry import get_task
-
-            converter = get_task(task_id).scalar_from_vector
         if not input_nodes:
             raise InputError("No input volume was selected.")
         volumes: dict[str, Volume] = {}
@@ -58,6 +53,11 @@ class SegmentationLogic:
                 continue  # optional input left empty; the task checks what it requires
             if node.GetScene() is not scene:
                 raise ValueError(f"prepare: the node for {role!r} is not in the given scene")
+            converter = None
+            if task_id is not None and node.IsA("vtkMRMLVectorVolumeNode"):  # the task is looked up only then
+                from MedSegAILib.tasks.registry import get_task
+
+                converter = get_task(task_id).scalar_from_vector
             volumes[role] = volume_from_node(node, vector_to_scalar=converter)
         if not volumes:
             raise InputError("No input volume was selected.")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
+from scipy import ndimage
 
 from MedSegAILib.core.volume import Volume, lps_to_ras_points
 from MedSegAILib.errors import ModelError
@@ -167,8 +168,6 @@ class CarpalTask(Task):
     # ------------------------------------------------------------------------------------------ run
     def run(self, inputs: Mapping[str, Volume], params: Any, model: Optional["LoadedModel"],
             ctx: RunContext) -> TaskResult:
-        import torch
-
         from MedSegAILib.tasks.carpal import postprocess
         from MedSegAILib.tasks.carpal.preprocess import prepare_input
         from MedSegAILib.tasks.carpal.radiograph import INVERT_CONFIDENCE, detect_inverted, invert_intensity
@@ -181,7 +180,6 @@ class CarpalTask(Task):
         messages: list[str] = list(image.meta.get("read_notes", []))
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        import torch  # noqa: F401 - imported once here, used by _forward
 
         # ---- polarity: the header (MONOCHROME1) was applied when reading; then the image statistics decide when
         # they are confident, and otherwise the network itself: a radiograph of the wrong polarity gives no
@@ -198,7 +196,7 @@ class CarpalTask(Task):
                 candidates.append((invert_intensity(img), f"The image looked inverted (bright background, dark "
                                    f"bones; confidence {conf:.2f}) and was inverted; set the parameter intensity to "
                                    "'as-is' if that is wrong.") if inverted else (img, None))
-            else:
+            else:  # the inverted image is tried only if the image as it is shows no wrist to the network
                 candidates += [(img, None), (invert_intensity(img), "The image was taken as inverted (bright "
                                 "background, dark bones): the network found a wrist only in the inverted image. "
                                 "Set the parameter intensity to 'as-is' if that is wrong.")]
@@ -214,6 +212,8 @@ class CarpalTask(Task):
             if best is None or evidence > best[0]:
                 best = (evidence, prob_np, box, note, cand)
             ctx.cancel.check()
+            if evidence[0] >= MIN_CONFIDENT_CARPALS:
+                break
         assert best is not None
         _evidence, prob_np, box, note, img = best
         if note:
@@ -278,16 +278,19 @@ class CarpalTask(Task):
         px_area = float(image.spacing[0] * image.spacing[1]) if spacing_known else 1.0
         unit = "mm^2" if spacing_known else "pixels"
         rows, pts, names, found = [], [], [], set()
+        boxes = ndimage.find_objects(label, max_label=len(BONES))  # each bone measured inside its own box
         for v, name, *_ in BONES:
-            mask = label == v
-            n = int(mask.sum())
-            if n == 0:
+            if boxes[v - 1] is None:
                 continue
+            sl = boxes[v - 1]
+            mask = label[sl] == v
+            n = int(mask.sum())
             found.add(v)
             jj, ii = np.nonzero(mask)
+            jj, ii = jj + sl[0].start, ii + sl[1].start
             centre_ijk = np.array([[ii.mean(), jj.mean(), 0.0]])
             centre_ras = lps_to_ras_points(image.index_to_lps(centre_ijk))[0]
-            rows.append([name, n * px_area, float(confidence[mask].mean()),
+            rows.append([name, n * px_area, float(confidence[sl][mask].mean()),
                          float(centre_ras[0]), float(centre_ras[1]), float(centre_ras[2])])
             pts.append(image.index_to_lps(centre_ijk)[0])
             names.append(name)

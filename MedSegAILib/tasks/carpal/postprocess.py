@@ -54,7 +54,10 @@ def confident_bones(label: np.ndarray, confidence: np.ndarray, values: Iterable[
 
     Returns the cleaned label map, the dropped values (present but not confident) and the decision."""
     out = label.copy()
-    means = {v: float(confidence[label == v].mean()) for v in values if (label == v).any()}
+    values = list(values)
+    counts = np.bincount(label.ravel(), minlength=max(values) + 1)
+    sums = np.bincount(label.ravel(), weights=confidence.ravel(), minlength=max(values) + 1)
+    means = {v: float(sums[v] / counts[v]) for v in values if counts[v] > 0}
     dropped = [v for v, m in means.items() if m < min_confidence]
     for v in dropped:
         out[out == v] = 0
