@@ -124,6 +124,7 @@ def volume_from_node(node: Any, *, allow_labelmap: bool = False,
         raise InputError(f"The volume {name!r} has no image data (nothing was loaded into it).")
     components = image.GetNumberOfScalarComponents()
     read_notes: list[str] = []
+    grey: Optional[np.ndarray] = None
     if node.IsA("vtkMRMLVectorVolumeNode") and vector_to_scalar is not None and components in (3, 4):
         # a task that accepts grey images stored as colour (radiographs saved as RGB JPEG) converts them; it
         # raises InputError for a real colour image
@@ -152,8 +153,7 @@ def volume_from_node(node: Any, *, allow_labelmap: bool = False,
     ijk_to_ras = to_world @ _vtk.node_ijk_to_ras(node) @ _vtk.translation((extent[0], extent[2], extent[4]))
     spacing, origin, direction = grid_from_ijk_to_ras(ijk_to_ras, name)
 
-    array = grey if read_notes or node.IsA("vtkMRMLVectorVolumeNode") else np.array(
-        slicer.util.arrayFromVolume(node), copy=True)
+    array = grey if grey is not None else np.array(slicer.util.arrayFromVolume(node), copy=True)
     meta: dict[str, Any] = {"name": name, "node_id": node.GetID(), "is_labelmap": is_labelmap}
     meta.update(_dicom_meta(node))
     meta.update(_spacing_meta(node, spacing))

@@ -109,7 +109,7 @@ class DiceCELoss:
         return (1 - dice.mean()) + self.ce_weight * F.cross_entropy(logits, target.long())
 
 
-def predict_labels(net: Any, x: np.ndarray, batch: int = 8, flip_tta: bool = False) -> np.ndarray:
+def predict_labels(net: Any, x: np.ndarray, batch: int = 8) -> np.ndarray:
     """Arg-max label maps (N, S, S) of network inputs ``x`` (N, 1, S, S)."""
     import torch
 
@@ -118,10 +118,7 @@ def predict_labels(net: Any, x: np.ndarray, batch: int = 8, flip_tta: bool = Fal
     with torch.no_grad():
         for k in range(0, len(x), batch):
             xb = torch.from_numpy(x[k:k + batch])
-            p = torch.softmax(net(xb), 1)
-            if flip_tta:
-                p = 0.5 * (p + torch.softmax(net(xb.flip(-1)), 1).flip(-1))
-            out.append(p.argmax(1).numpy().astype(np.uint8))
+            out.append(net(xb).argmax(1).numpy().astype(np.uint8))
     return np.concatenate(out)
 
 

@@ -83,13 +83,11 @@ def wrist_evidence(prob: np.ndarray, min_pixels: int = 10) -> tuple[int, float]:
     """How much a (C, S, S) softmax looks like a wrist: (number of carpal bones whose arg-max region has at least
     ``min_pixels`` pixels and a mean probability >= WRIST_CONFIDENCE, mean probability over all bone pixels).
     Compared as a tuple: more confident carpals first, then the overall confidence."""
-    label = prob.argmax(0)
-    winning = prob.max(0)
-    n = 0
-    for v in CARPALS:
-        m = label == v
-        if m.sum() >= min_pixels and float(winning[m].mean()) >= WRIST_CONFIDENCE:
-            n += 1
+    from MedSegAILib.tasks.carpal.postprocess import label_confidence
+
+    label, winning = prob.argmax(0), prob.max(0)
+    n = sum(1 for m, count in label_confidence(label, winning, CARPALS).values()
+            if count >= min_pixels and m >= WRIST_CONFIDENCE)
     bone = label > 0
     return n, float(winning[bone].mean()) if bone.any() else 0.0
 

@@ -44,6 +44,16 @@ def keep_largest_per_label(label: np.ndarray, values: Iterable[int], fill_holes:
     return out
 
 
+def label_confidence(label: np.ndarray, confidence: np.ndarray, values: Iterable[int]
+                     ) -> dict[int, tuple[float, int]]:
+    """``{value: (mean confidence, pixel count)}`` of the labels of ``values`` present in ``label`` (one pass)."""
+    values = list(values)
+    flat = label.ravel().astype(np.intp)
+    counts = np.bincount(flat, minlength=max(values) + 1)
+    sums = np.bincount(flat, weights=confidence.ravel(), minlength=max(values) + 1)
+    return {v: (float(sums[v] / counts[v]), int(counts[v])) for v in values if counts[v] > 0}
+
+
 def confident_bones(label: np.ndarray, confidence: np.ndarray, values: Iterable[int], key_values: Iterable[int],
                     min_confidence: float, min_key: int, key_confidence: float
                     ) -> tuple[np.ndarray, list[int], bool]:
@@ -54,10 +64,7 @@ def confident_bones(label: np.ndarray, confidence: np.ndarray, values: Iterable[
 
     Returns the cleaned label map, the dropped values (present but not confident) and the decision."""
     out = label.copy()
-    values = list(values)
-    counts = np.bincount(label.ravel(), minlength=max(values) + 1)
-    sums = np.bincount(label.ravel(), weights=confidence.ravel(), minlength=max(values) + 1)
-    means = {v: float(sums[v] / counts[v]) for v in values if counts[v] > 0}
+    means = {v: m for v, (m, _n) in label_confidence(label, confidence, values).items()}
     dropped = [v for v, m in means.items() if m < min_confidence]
     for v in dropped:
         out[out == v] = 0
