@@ -286,11 +286,11 @@ class CarpalTask(Task):
             found.add(v)
             jj, ii = np.nonzero(mask)
             jj, ii = jj + sl[0].start, ii + sl[1].start
-            centre_ijk = np.array([[ii.mean(), jj.mean(), 0.0]])
-            centre_ras = lps_to_ras_points(image.index_to_lps(centre_ijk))[0]
+            centre_lps = image.index_to_lps(np.array([[ii.mean(), jj.mean(), 0.0]]))
+            centre_ras = lps_to_ras_points(centre_lps)[0]
             rows.append([name, n * px_area, float(confidence[sl][mask].mean()),
                          float(centre_ras[0]), float(centre_ras[1]), float(centre_ras[2])])
-            pts.append(image.index_to_lps(centre_ijk)[0])
+            pts.append(centre_lps[0])
             names.append(name)
         cols = [Column("Bone"), Column("Area", unit, "projected area on the radiograph"),
                 Column("Confidence", "", "mean softmax probability of the assigned class inside the bone"),
