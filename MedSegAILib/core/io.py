@@ -308,6 +308,26 @@ def read_volume(path: str | os.PathLike, *, modality: str | None = None) -> Volu
     return from_sitk(image, meta)
 
 
+def read_mask_folder(folder: str | os.PathLike) -> dict[str, Volume]:
+    """Read a folder of one-structure masks (``Parotid-Lt.nrrd``, ``Brainstem.nii.gz``, ...), keyed by file stem.
+
+    This is how many public datasets and treatment-planning exports store contours. Files that are not volumes
+    are ignored; a folder with none is an error (so a wrong path is not taken for "no structures"). Every mask is
+    returned with its own geometry: whether they share a grid is the caller's question.
+    """
+    p = Path(folder)
+    if not p.is_dir():
+        raise InputError(f"Mask folder not found: {p}.")
+    out: dict[str, Volume] = {}
+    for f in sorted(p.iterdir()):
+        stem, suf = split_stem(f)
+        if f.is_file() and suf.lower() in VOLUME_SUFFIXES and suf.lower() not in (".png", ".jpg", ".jpeg"):
+            out[stem] = read_volume(f)
+    if not out:
+        raise InputError(f"No mask volumes (NRRD, NIfTI, MHA) found in {p}.")
+    return out
+
+
 def _atomic_target(path: Path, suffix: str = "") -> Path:
     folder = path.parent
     try:

@@ -77,3 +77,28 @@ def plane_array(arr: np.ndarray, what: str = "image") -> np.ndarray:
     if a.ndim != 2:
         raise InputError(f"The {what} must be a planar 2-D image, (H, W) or (1, H, W); got an array of shape {a.shape}.")
     return a.astype(np.float64, copy=False)
+
+
+def check_ct_hu(vol: Volume, what: str = "CT") -> None:
+    """Raise :class:`InputError` unless ``vol`` looks like a CT in Hounsfield units.
+
+    A CT of a body in HU has air (about -1000 HU, around the body and in the airways) and soft tissue (about
+    0-100 HU). MR, PET/SPECT, a CT whose stored values were never rescaled (0-4095) and normalised images fail
+    at least one of: 0.5th percentile at or below -500 HU, median between -1100 and +400 HU, 99.5th percentile
+    at or above 0 HU. Percentiles come from a strided sample (at most ~2 million voxels), so this is cheap.
+    """
+    arr = np.asarray(vol.array)
+    step = max(1, arr.size // 2_000_000)
+    sample = arr.reshape(-1)[::step].astype(np.float32)
+    p_lo, p_med, p_hi = (float(v) for v in np.percentile(sample, [0.5, 50.0, 99.5]))
+    modality = str(vol.meta.get("modality", "")).upper()
+    if modality and modality != "CT":
+        raise InputError(f"The {what} is a {modality} image; this task needs a CT in Hounsfield units.")
+    if p_lo > -500.0 or not -1100.0 <= p_med <= 400.0 or p_hi < 0.0:
+        hint = (" The values look like stored CT numbers without the rescale to HU (add the DICOM rescale "
+                "intercept, usually -1024)." if p_lo >= -10.0 and p_hi > 1000.0 else "")
+        raise InputError(
+            f"The {what} does not look like a CT in Hounsfield units (0.5 / 50 / 99.5th percentiles "
+            f"{p_lo:.0f} / {p_med:.0f} / {p_hi:.0f}; a CT has air near -1000 HU and soft tissue near 0-100 HU)."
+            f"{hint} MR, PET or normalised images cannot be used."
+        )
