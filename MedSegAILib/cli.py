@@ -1,4 +1,5 @@
-"""The ``medsegai`` command: ``segment``, ``models``, ``tasks``, ``demo`` and ``drr`` (training pairs from a CT).
+"""The ``medsegai`` command: ``segment``, ``models``, ``tasks``, ``demo``, ``drr`` (training pairs from a CT) and
+``evaluate`` (segmentations against references: :mod:`MedSegAILib.evaluation`).
 
 It enters the same pipeline as the Slicer GUI and batch script (:func:`MedSegAILib.pipeline.segment`) and
 leaves through the same writers (:mod:`MedSegAILib.outputs`, whose ``.seg.nrrd`` goes through the MRML bridge).
@@ -234,6 +235,85 @@ def cmd_drr(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_labels(task_id: Optional[str], items: Sequence[str]):  # noqa: ANN202
+    """The labels to evaluate: the task's (all, or those named/numbered in ``items``), or ``VALUE=NAME`` items."""
+    from MedSegAILib.errors import InputError
+    from MedSegAILib.evaluation import make_labels
+
+    if task_id is None:
+        if not items:
+            raise InputError("Give --task TASK (its labels are evaluated) or --labels VALUE=NAME ... "
+                             "(e.g. --labels '1=Right parotid gland' '2=Left parotid gland').")
+        names: dict[int, str] = {}
+        for item in items:
+            value, sep, name = item.partition("=")
+            try:
+                names[int(value)] = name.strip()
+            except ValueError:
+                value = ""
+            if not sep or not value or not name.strip():
+                raise InputError(f"Without --task, --labels expects VALUE=NAME items; got {item!r}.")
+        return make_labels(names)
+    from MedSegAILib.tasks.registry import get_task
+
+    labels = list(get_task(task_id).labels)
+    if not labels:
+        raise InputError(f"Task {task_id} declares no fixed labels; give them with --labels VALUE=NAME instead.")
+    if not items:
+        return labels
+    chosen = []
+    for item in items:
+        hit = [lab for lab in labels if item.strip().lower() == lab.name.lower() or item.strip() == str(lab.value)]
+        if not hit:
+            raise InputError(f"Task {task_id} has no label {item!r}; its labels are: "
+                             f"{', '.join(f'{lab.value}={lab.name}' for lab in labels)}.")
+        chosen += [h for h in hit if h not in chosen]
+    return chosen
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from MedSegAILib.engine.progress import Progress
+    from MedSegAILib.evaluation import evaluate_folders
+
+    labels = _evaluation_labels(args.task, args.labels)
+    if args.output:  # fail before the computation, not after
+        from MedSegAILib.errors import OutputError
+        from MedSegAILib.evaluation import EvaluationReport
+        from MedSegAILib.outputs import check_output_folder
+
+        check_output_folder(Path(args.output))
+        existing = [n for n in EvaluationReport.OUTPUT_FILES if (Path(args.output) / n).exists()]
+        if existing and not args.overwrite:
+            raise OutputError(f"{len(existing)} evaluation file(s) already exist in {args.output} "
+                              f"(e.g. {existing[0]}); nothing was written. Choose another folder or allow overwriting (--overwrite).")
+    report = evaluate_folders(args.pred, args.ref, labels, progress=Progress(TerminalProgress(args.quiet)))
+    paths = report.write(args.output, overwrite=args.overwrite) if args.output else []
+    for note in report.notes + [n for c in report.cases for n in c.notes]:
+        print(f"note: {note}", file=sys.stderr)
+    for case, msg in report.failed.items():
+        print(f"medsegai: warning: case {case} not evaluated: {msg}", file=sys.stderr)
+    if report.only_pred:
+        print(f"medsegai: warning: no reference for {len(report.only_pred)} case(s): {', '.join(report.only_pred)}",
+              file=sys.stderr)
+    if report.only_ref:
+        print(f"medsegai: warning: no prediction for {len(report.only_ref)} case(s): {', '.join(report.only_ref)}",
+              file=sys.stderr)
+    if not report.cases:
+        print("medsegai: error: no case could be evaluated (see the warnings above).", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(report.summary_text())
+        if paths:
+            print(f"\nWrote {len(paths)} files to {Path(args.output).resolve()}: {', '.join(p.name for p in paths)}")
+        else:
+            print("\n(use -o OUT to write metrics_per_case.csv, metrics_summary.csv, evaluation.json and the "
+                  "Bland-Altman plot)")
+    if args.strict and (report.failed or report.only_pred or report.only_ref):
+        print("medsegai: error: --strict: some cases were unpaired or not evaluated.", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medsegai", description="MedSegAI: AI segmentation for nuclear medicine, CT "
                                 "and X-ray, the same pipeline as the 3D Slicer extension.")
@@ -283,6 +363,32 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty folder")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(func=cmd_drr)
+
+    from MedSegAILib.evaluation import PAIRING_RULES
+
+    e = sub.add_parser(
+        "evaluate", help="compare segmentations with references: Dice, IoU, HD95, volumes, Bland-Altman",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare predicted segmentations (e.g. `medsegai segment` outputs) with reference ones, case by "
+                    "case and structure by structure, and summarise over the cases.",
+        epilog=PAIRING_RULES + "\nMetrics. Dice, IoU, HD95 (mm), volumes (mL) and their difference (prediction -\n"
+               "  reference) per case and structure; mean, SD, median, min, max per structure; Bland-Altman of\n"
+               "  the volumes. A structure empty in both is reported as such and left out of the means (never\n"
+               "  counted as Dice 1).\n"
+               "Outputs in OUT: metrics_per_case.csv, metrics_summary.csv, bland_altman.csv, evaluation.json\n"
+               "  (everything, incl. pairing and resampling notes), bland_altman.png.\n"
+               "Exit codes: 0 done; 2 no case pair or bad input (with --strict also any unpaired or failed case).")
+    e.add_argument("--task", default=None, help="task id whose labels are evaluated (see `medsegai tasks`)")
+    e.add_argument("--pred", required=True, help="predictions: a folder of cases, or one case")
+    e.add_argument("--ref", required=True, help="references: a folder of cases, or one case")
+    e.add_argument("-o", "--output", default=None, help="folder for the CSV/JSON/PNG files (default: print only)")
+    e.add_argument("--labels", nargs="+", default=[], metavar="LABEL",
+                   help="with --task: evaluate only these labels (names or values); without --task: the labels "
+                        "as VALUE=NAME items, e.g. '1=Right parotid gland' '2=Left parotid gland'")
+    e.add_argument("--overwrite", action="store_true", help="replace existing evaluation files in OUT")
+    e.add_argument("--strict", action="store_true", help="exit with 2 when a case is unpaired or cannot be evaluated")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress or summary table")
+    e.set_defaults(func=cmd_evaluate)
     return p
 
 

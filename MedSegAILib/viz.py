@@ -8,7 +8,7 @@ the picture, anterior up), coronal (right on the left, superior up), sagittal (a
 from __future__ import annotations
 
 import io
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -114,14 +114,69 @@ def plot_png(plot: Plot) -> bytes:
     fig = _figure(6, 4)
     ax = fig.add_subplot(1, 1, 1)
     for name, (x, y) in plot.series.items():
-        if plot.kind == "scatter":
+        style = plot.style_of(name)
+        if style == "scatter":
             ax.scatter(x, y, label=name, s=12)
         else:
-            ax.plot(x, y, label=name)
+            ax.plot(x, y, label=name, linestyle="--" if style == "dashed" else "-")
     ax.set_xlabel(plot.x_label)
     ax.set_ylabel(plot.y_label)
     ax.set_title(plot.name)
     if len(plot.series) > 1:
         ax.legend()
     ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def bland_altman_png(
+    data: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    a_name: str = "prediction",
+    b_name: str = "reference",
+    quantity: str = "Volume",
+    unit: str = "mL",
+    title: str = "",
+) -> bytes:
+    """Bland-Altman plots, one panel per structure: ``data[name] = (a values, b values)``, paired by position.
+
+    Each panel shows the mean ``(a + b) / 2`` (x) against the difference ``a - b`` (y) of every pair, the bias
+    (mean difference, solid line) and the 95 % limits of agreement ``bias +/- 1.96 SD`` (dashed), with n and the
+    three values in the legend. The numbers come from :func:`MedSegAILib.metrics.bland_altman`, so the picture
+    and the tables agree by construction. A structure without pairs gets a panel saying so.
+    """
+    from MedSegAILib.metrics import bland_altman
+
+    names = list(data)
+    if not names:
+        raise ValueError("bland_altman_png: no structure to plot")
+    ncols = min(len(names), 3)
+    nrows = (len(names) + ncols - 1) // ncols
+    fig = _figure(4.6 * ncols, 3.8 * nrows)
+    u = f" [{unit}]" if unit else ""
+    for n, name in enumerate(names):
+        ax = fig.add_subplot(nrows, ncols, n + 1)
+        a = np.asarray(data[name][0], float)
+        b = np.asarray(data[name][1], float)
+        if a.shape != b.shape:
+            raise ValueError(f"bland_altman_png: {name!r} has {a.size} {a_name} values but {b.size} {b_name} values")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(f"Mean of {a_name} and {b_name}{u}", fontsize=8)
+        ax.set_ylabel(f"{a_name} − {b_name}{u}", fontsize=8)
+        ax.grid(alpha=0.3)
+        if a.size == 0:
+            ax.text(0.5, 0.5, "no pairs", ha="center", va="center", transform=ax.transAxes, color="0.4")
+            continue
+        ba = bland_altman(a, b)
+        ax.scatter((a + b) / 2.0, a - b, s=18, color="#1f77b4", label=f"{quantity.lower()}s (n = {ba['n']})")
+        ax.axhline(ba["bias"], color="#d62728", linestyle="-", label=f"bias {ba['bias']:+.3g}{unit and ' ' + unit}")
+        if ba["n"] > 1:  # one pair has no spread, hence no limits of agreement
+            ax.axhline(ba["upper"], color="0.35", linestyle="--",
+                       label=f"+1.96 SD {ba['upper']:+.3g}{unit and ' ' + unit}")
+            ax.axhline(ba["lower"], color="0.35", linestyle="--",
+                       label=f"−1.96 SD {ba['lower']:+.3g}{unit and ' ' + unit}")
+        ax.axhline(0.0, color="0.75", linewidth=0.8)
+        ax.legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
     return _png(fig)

@@ -140,3 +140,25 @@ def test_resample_nearest_keeps_label_values():
     out = resample_volume(lab, spacing=(1.0, 1.0, 1.0), interpolation="nearest")
     assert set(np.unique(out.array)) <= {0, 1, 2}
     assert out.array.dtype == np.uint8
+
+
+def test_atomic_writes_get_plain_open_permissions(tmp_path):
+    """Atomic writers create the final file as ``open()`` would: 0666 & ~umask for a new file (not mkstemp's 0600),
+    the existing file's mode when overwriting; no temporary file is left behind."""
+    import os
+    import stat
+
+    from MedSegAILib.core.io import atomic_write_bytes
+
+    old = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(atomic_write_bytes(tmp_path / "a.json", b"{}").stat().st_mode) == 0o644
+        assert stat.S_IMODE(write_volume(_oblique(5), tmp_path / "v.nrrd").stat().st_mode) == 0o644
+        os.umask(0o002)
+        assert stat.S_IMODE(atomic_write_bytes(tmp_path / "b.json", b"{}").stat().st_mode) == 0o664
+        os.chmod(tmp_path / "a.json", 0o640)  # overwriting keeps the file's own mode
+        assert stat.S_IMODE(atomic_write_bytes(tmp_path / "a.json", b"[]").stat().st_mode) == 0o640
+        assert (tmp_path / "a.json").read_bytes() == b"[]"
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "v.nrrd"]

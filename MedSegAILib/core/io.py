@@ -8,7 +8,7 @@ target folder is renamed over the target only when complete.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +329,14 @@ def read_mask_folder(folder: str | os.PathLike) -> dict[str, Volume]:
 
 
 def _atomic_target(path: Path, suffix: str = "") -> Path:
+    """A new, empty temporary file beside ``path`` for an atomic write (write it, then ``os.replace``).
+
+    Permissions: :func:`tempfile.mkstemp` creates its file with mode 0600, which ``os.replace`` would carry over to
+    the final file (other users of a shared results folder could not read it). The file is therefore created with
+    ``os.open(..., O_CREAT | O_EXCL, 0o666)``, so the process umask applies exactly as for a plain ``open()``
+    (0666 & ~umask), and, when ``path`` already exists, it gets that file's permission bits, as overwriting it with
+    ``open(path, "w")`` would keep them. ``O_EXCL`` with a random name gives mkstemp's no-clobber guarantee.
+    """
     folder = path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -336,9 +344,28 @@ def _atomic_target(path: Path, suffix: str = "") -> Path:
         raise OutputError(f"Cannot create the output folder {folder}: {exc.strerror}. Choose another folder.") from None
     if not os.access(folder, os.W_OK):
         raise OutputError(f"The output folder {folder} is not writable. Choose another folder or fix its permissions.")
-    fd, tmp = tempfile.mkstemp(prefix=".medsegai-tmp-", suffix=suffix, dir=folder)
-    os.close(fd)
-    return Path(tmp)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = folder / f".medsegai-tmp-{secrets.token_hex(6)}{suffix}"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise OutputError(f"Could not create a file in {folder}: {exc.strerror or exc}.") from None
+        os.close(fd)
+        break
+    else:  # pragma: no cover - 100 collisions of 48 random bits
+        raise OutputError(f"Could not create a temporary file in {folder} (every name tried exists).")
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:  # no such file yet (the usual case): the umask already applied
+        return tmp
+    try:
+        os.chmod(tmp, mode)
+    except OSError:  # not the owner's choice to make (e.g. another user's file): keep the umask's mode
+        pass
+    return tmp
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

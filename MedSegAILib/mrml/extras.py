@@ -205,6 +205,9 @@ def write_plot(scene: Any, plot: Plot, name: str) -> tuple[Any, Any, list[Any]]:
     """``(chart node, table node, series nodes)``: one table with an x and a y column per series."""
     if plot.kind not in ("line", "scatter"):
         raise ValueError(f"plot {plot.name!r}: kind must be 'line' or 'scatter', got {plot.kind!r}")
+    bad = {k: v for k, v in plot.styles.items() if v not in plot.STYLES}
+    if bad:
+        raise ValueError(f"plot {plot.name!r}: series styles must be 'scatter', 'line' or 'dashed'; got {bad!r}")
     if not plot.series:
         raise ValueError(f"plot {plot.name!r} has no series")
     for sname, (xs, ys) in plot.series.items():
@@ -239,8 +242,12 @@ def write_plot(scene: Any, plot: Plot, name: str) -> tuple[Any, Any, list[Any]]:
         series.SetYColumnName(ycol)
         # PlotTypeLine ignores the x column (it plots against the row index): x-y curves are scatter plots
         series.SetPlotType(S.PlotTypeScatter)
-        if plot.kind == "line":
+        style = plot.style_of(sname)
+        if style == "line":
             series.SetLineStyle(S.LineStyleSolid)
+            series.SetMarkerStyle(S.MarkerStyleNone)
+        elif style == "dashed":
+            series.SetLineStyle(S.LineStyleDash)
             series.SetMarkerStyle(S.MarkerStyleNone)
         else:
             series.SetLineStyle(S.LineStyleNone)

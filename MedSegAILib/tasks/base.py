@@ -151,7 +151,16 @@ class Plot:
     x_label: str
     y_label: str
     series: dict[str, tuple[Sequence[float], Sequence[float]]]
-    kind: str = "line"  #: "line" or "scatter"
+    kind: str = "line"  #: "line" or "scatter": the style of every series not named in :attr:`styles`
+    #: per-series style, ``series name -> "scatter" | "line" | "dashed"`` (e.g. the points of a Bland-Altman
+    #: plot as a scatter, its bias as a line and its limits of agreement dashed); unnamed series use ``kind``
+    styles: dict[str, str] = field(default_factory=dict)
+
+    STYLES: ClassVar[tuple[str, ...]] = ("scatter", "line", "dashed")
+
+    def style_of(self, series: str) -> str:
+        """The drawing style of one series: its entry in :attr:`styles`, else :attr:`kind`."""
+        return self.styles.get(series, self.kind)
 
 
 @dataclass
