@@ -55,8 +55,11 @@ N_TEST, N_VAL = 8, 4
 #: segmenter sample box (x, y, z mm) around the glands
 BOX_MM = (192.0, 160.0, 112.0)
 SEGMENTER_HP = {
-    "resunet3d": {"in_channels": 1, "out_channels": 3, "features": [12, 24, 48, 96, 192], "levels": 4},
-    "cbam_unet3d": {"in_channels": 1, "out_channels": 3, "features": [12, 24, 48, 96, 192], "levels": 4},
+    "resunet3d": {"in_channels": 1, "out_channels": 3, "features": [8, 16, 32, 64, 128], "levels": 4,
+                  "norm": "layer", "act": "leaky_relu", "negative_slope": 0.01},
+    "cbam_unet3d": {"in_channels": 1, "out_channels": 3, "features": [8, 16, 32, 64, 128], "levels": 4,
+                    "norm": "instance", "act": "leaky_relu", "negative_slope": 0.01, "cbam_reduction": 8,
+                    "cbam_min_hidden": 4, "cbam_kernel": 7},
 }
 LOCALIZER_HP = {"in_channels": 1, "out_channels": 3, "features": [8, 16, 32, 64, 64], "levels": 4,
                 "norm": "batch", "act": "relu"}
@@ -276,6 +279,8 @@ def train_network(name: str, arch: str, hp: dict[str, Any], train_s: Sequence[di
 
     torch.manual_seed(args.seed)
     net = nets.build(arch, **hp)
+    fmt = torch.channels_last_3d if args.channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)  # oneDNN's fast layout for 3-D convolutions on the CPU (same weights)
     n_par = sum(p.numel() for p in net.parameters())
     steps = args.loc_steps if name == "localizer" else args.steps
     batch = args.loc_batch if name == "localizer" else args.batch
@@ -287,14 +292,14 @@ def train_network(name: str, arch: str, hp: dict[str, Any], train_s: Sequence[di
     epochs = max(1, math.ceil(steps / args.epoch_steps))
 
     def data():
-        for b in batches(train_s, hu_key, y_key, size, batch, args.epoch_steps, rng, 0.67, jitter_vox):
-            yield b
+        for x, y in batches(train_s, hu_key, y_key, size, batch, args.epoch_steps, rng, 0.67, jitter_vox):
+            yield x.contiguous(memory_format=fmt), y
             sched.step()
 
     def val_metric(model) -> float:
         d = []
         for hu, y in val_windows:
-            x = torch.from_numpy(pp.window(hu.astype(np.float32), CFG)[None, None])
+            x = torch.from_numpy(pp.window(hu.astype(np.float32), CFG)[None, None]).contiguous(memory_format=fmt)
             pred = model(x).argmax(1)[0].numpy()
             d.append(np.mean(gland_dice(pred, y)))
         return float(np.mean(d))
@@ -323,6 +328,11 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--loc-steps", type=int, default=1200, help="localiser optimiser steps")
     ap.add_argument("--epoch-steps", type=int, default=100, help="steps between validations")
     ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--train-patch", default="48,96,96",
+                    help="segmenter training window k,j,i (voxels); validation and inference use the 64x128x128 "
+                         "window of the method (the networks are fully convolutional)")
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                    help="keep the default memory layout (channels-last 3-D is ~1.7x faster on the CPU)")
     ap.add_argument("--loc-batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (the paper's 0.001)")
     ap.add_argument("--workers", type=int, default=2)
@@ -333,7 +343,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     args.hp = {k: dict(v) for k, v in SEGMENTER_HP.items()}
     args.loc_hp = dict(LOCALIZER_HP)
     if args.smoke:
-        args.variants, args.steps, args.loc_steps, args.epoch_steps, args.batch, args.loc_batch = 1, 2, 2, 1, 1, 1
+        args.variants, args.steps, args.loc_steps, args.epoch_steps, args.batch, args.loc_batch = 1, 2, 2, 1, 1, 2
         for hp in args.hp.values():
             hp["features"] = [2, 4, 4, 4, 4]
         args.loc_hp["features"] = [2, 4, 4, 4, 4]
@@ -375,8 +385,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     tr, va, split = load_or_generate(args, log)
     records: dict[str, Any] = {}
     wanted = [n.strip() for n in args.networks.split(",") if n.strip()]
-    loc_size = CFG.localizer_patch if not args.smoke else (16, 16, 16)
-    seg_size = CFG.patch if not args.smoke else (16, 32, 32)
+    loc_size = CFG.localizer_patch if not args.smoke else (32, 32, 32)
+    seg_size = tuple(int(v) for v in args.train_patch.split(",")) if not args.smoke else (16, 32, 32)
+    val_size = CFG.patch if not args.smoke else (16, 32, 32)
     if "localizer" in wanted:
         loc_train = tr + negative_localizer_samples(args.data)
         loc_val = []
@@ -386,7 +397,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                  y_key="loc_y", size=loc_size, jitter_vox=(6, 8, 8), args=args, log=log)
         save_state(net, out / "localizer.safetensors")
         records["localizer"] = rec
-    vw = validation_windows(va, seg_size)
+    vw = validation_windows(va, val_size)
     for arch in ("resunet3d", "cbam_unet3d"):
         if arch not in wanted:
             continue
@@ -397,6 +408,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     meta = {"recipe": "python -m MedSegAILib.train.parotid " + " ".join(sys.argv[1:] if argv is None else argv),
             "split": split, "n_train_samples": len(tr), "n_val_samples": len(va), "variants": args.variants,
             "config": CFG.to_mapping(), "box_mm": BOX_MM, "networks": records}
+    old = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+    meta["networks"] = {**old.get("networks", {}), **records}  # one run per network may share the folder
     (out / "metrics.json").write_text(json.dumps(meta, indent=1))
     return 0
 
