@@ -285,16 +285,31 @@ def train_network(name: str, arch: str, hp: dict[str, Any], train_s: Sequence[di
     steps = args.loc_steps if name == "localizer" else args.steps
     batch = args.loc_batch if name == "localizer" else args.batch
     opt = torch.optim.Adam(net.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1)))))
     rng = np.random.default_rng([args.seed, len(name)])
     loss_fn = HybridDiceFocalLoss()
-    epochs = max(1, math.ceil(steps / args.epoch_steps))
+    minutes = args.loc_minutes if name == "localizer" else args.minutes
+    if minutes:  # a wall-clock budget: cosine by elapsed time, as many steps as fit (recorded)
+        from MedSegAILib.train.common import CosineByTime
+
+        budget_s: Optional[float] = 60.0 * minutes
+        time_sched = CosineByTime(opt, args.lr, budget_s, warmup_s=30.0)
+        epochs = 10_000
+
+        def step_lr() -> None:
+            time_sched.step()
+    else:  # a step budget: cosine by step
+        budget_s = None
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: min(1.0, (s + 1) / 50) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(s / steps, 1)))))
+        epochs = max(1, math.ceil(steps / args.epoch_steps))
+
+        def step_lr() -> None:
+            sched.step()
 
     def data():
         for x, y in batches(train_s, hu_key, y_key, size, batch, args.epoch_steps, rng, 0.67, jitter_vox):
+            step_lr()
             yield x.contiguous(memory_format=fmt), y
-            sched.step()
 
     def val_metric(model) -> float:
         d = []
@@ -307,7 +322,8 @@ def train_network(name: str, arch: str, hp: dict[str, Any], train_s: Sequence[di
     t0 = time.monotonic()
     log(f"[{name}] {arch} {hp} ({n_par / 1e6:.2f} M parameters), {steps} steps of batch {batch}")
     res = train(net, data, loss_fn, opt, val_metric=val_metric, epochs=epochs, grad_clip=5.0,
-                log=lambda s: log(f"[{name}] {s}"))
+                time_budget_s=budget_s, log=lambda s: log(f"[{name}] {s}"))
+    steps = res.history[-1].steps if (minutes and res.history) else steps  # cumulative count
     rec = {"architecture": arch, "hyperparameters": hp, "parameters": int(n_par), "steps": steps, "batch": batch,
            "best_epoch": res.best_epoch, "val_window_dice": float(res.best_metric),
            "minutes": (time.monotonic() - t0) / 60, "history": res.history_dicts()}
@@ -327,6 +343,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=900, help="segmenter optimiser steps")
     ap.add_argument("--loc-steps", type=int, default=1200, help="localiser optimiser steps")
     ap.add_argument("--epoch-steps", type=int, default=100, help="steps between validations")
+    ap.add_argument("--minutes", type=float, default=0.0,
+                    help="segmenter wall-clock budget (cosine learning rate by time); overrides --steps")
+    ap.add_argument("--loc-minutes", type=float, default=0.0, help="localiser wall-clock budget; overrides --loc-steps")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--train-patch", default="48,96,96",
                     help="segmenter training window k,j,i (voxels); validation and inference use the 64x128x128 "
