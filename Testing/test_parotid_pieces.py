@@ -129,11 +129,36 @@ def test_clean_glands_removes_voxels_across_the_midline_and_fragments_and_fills_
     noisy[12:14, 38:41, 22:25] = 0  # a hole inside the right gland
     out, report = clean_glands(noisy, vol)
     assert report["midline"]["method"].startswith("bisector")
-    assert report["removed_across_midline_ml"][pp.RIGHT] == pytest.approx(18 * vol.voxel_volume_mm3 / 1000)
+    # the 'right' blob lies on the patient's left: it is relabelled left (the side comes from the geometry)
+    assert report["relabelled_by_side_ml"][pp.LEFT] == pytest.approx(18 * vol.voxel_volume_mm3 / 1000)
+    assert report["relabelled_by_side_ml"][pp.RIGHT] == 0.0
     assert report["removed_fragments_ml"][pp.RIGHT] == pytest.approx(8 * vol.voxel_volume_mm3 / 1000)
     assert np.array_equal(out == pp.RIGHT, truth == pp.RIGHT)
-    # the wrongly labelled blob was inside the left gland: removed as 'right', its hole is filled as left gland
     assert np.array_equal(out == pp.LEFT, truth == pp.LEFT)
+
+
+def test_sides_come_from_the_geometry_even_when_the_network_swaps_them():
+    vol, lab = _ct_with_glands()
+    swapped = np.where(lab == pp.RIGHT, pp.LEFT, np.where(lab == pp.LEFT, pp.RIGHT, 0)).astype(np.uint8)
+    out, report = clean_glands(swapped, vol)
+    assert np.array_equal(out, lab)
+    assert report["relabelled_by_side_ml"][pp.RIGHT] > 0 and report["relabelled_by_side_ml"][pp.LEFT] > 0
+
+
+def test_localise_sides_by_position_when_both_channels_say_right():
+    g = Geometry((30, 40, 40), (4.0, 4.0, 4.0), (-80.0, 0.0, 0.0), np.eye(3))
+    probs = np.zeros((3,) + g.shape, np.float32)
+    probs[0] = 1.0
+    for sl in (np.s_[10:15, 10:18, 5:10], np.s_[10:15, 10:18, 28:33]):
+        probs[(slice(None),) + sl] = np.array([0.05, 0.9, 0.05])[:, None, None, None]
+    loc = pp.localise(probs, g, pp.ParotidConfig())
+    assert loc.glands[pp.LEFT].centre_lps[0] > loc.glands[pp.RIGHT].centre_lps[0] + 50
+    one = probs.copy()
+    one[:, 10:15, 10:18, 5:10] = np.array([1.0, 0.0, 0.0])[:, None, None, None]
+    image = np.zeros(g.shape, np.float32)
+    image[:, 5:35, 3:37] = 0.5  # the body, centred at i = 19.5
+    loc1 = pp.localise(one, g, pp.ParotidConfig(), image)
+    assert set(loc1.glands) == {pp.LEFT}  # the one region (i = 30) is left of the body centre
 
 
 def test_midline_from_the_body_when_one_gland_is_found():

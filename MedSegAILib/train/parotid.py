@@ -61,7 +61,7 @@ SEGMENTER_HP = {
                     "norm": "instance", "act": "leaky_relu", "negative_slope": 0.01, "cbam_reduction": 8,
                     "cbam_min_hidden": 4, "cbam_kernel": 7},
 }
-LOCALIZER_HP = {"in_channels": 1, "out_channels": 3, "features": [8, 16, 32, 64, 64], "levels": 4,
+LOCALIZER_HP = {"in_channels": 1, "out_channels": 3, "features": [8, 16, 32, 32], "levels": 3,
                 "norm": "batch", "act": "relu"}
 
 
@@ -144,8 +144,8 @@ def make_sample(folder: str, seed: int) -> dict[str, Any]:
     hu = np.round(pp.to_grid(ct, grid, antialias=False)).astype(np.int16)
     y = labels_to_grid(lab, grid)
     lo, hi = pp.box_of(ct)
-    lgrid = pp.canonical_grid(lo, hi, CFG.localizer_spacing_mm, CFG.localizer_divisor)
-    lhu = np.round(pp.to_grid(ct, lgrid)).astype(np.int16)
+    lhu_f, lgrid = pp.localizer_hu(ct, CFG)
+    lhu = np.round(lhu_f).astype(np.int16)
     ly = labels_to_grid(lab, lgrid)
     return {"folder": folder, "seed": seed, "hu": hu, "y": y, "loc_hu": lhu, "loc_y": ly,
             "ml": [float((lab.array == s).sum() * lab.voxel_volume_mm3 / 1000) for s in (1, 2)]}
@@ -179,11 +179,14 @@ def negative_localizer_samples(data_root: Optional[str]) -> list[dict[str, Any]]
         return []
     from MedSegAILib.core.io import read_volume
 
-    ct = read_volume(p)
-    lo, hi = pp.box_of(ct)
-    g = pp.canonical_grid(lo, hi, CFG.localizer_spacing_mm, CFG.localizer_divisor)
-    hu = np.round(pp.to_grid(ct, g)).astype(np.int16)
-    return [{"loc_hu": hu, "loc_y": np.zeros(g.shape, np.uint8), "negative": str(p)}]
+    hu, g = pp.localizer_hu(read_volume(p), CFG)
+    return [{"loc_hu": np.round(hu).astype(np.int16), "loc_y": np.zeros(g.shape, np.uint8), "negative": str(p)}]
+
+
+def pooled_localizer_samples(samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The localiser's 8 mm inputs from the cached 4 mm volumes (the task's :func:`pp.block_mean`)."""
+    return [{"loc_hu": pp.block_mean(s["loc_hu"], CFG.localizer_pool),
+             "loc_y": pp.pooled_labels(s["loc_y"], CFG.localizer_pool)} for s in samples]
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -404,16 +407,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     tr, va, split = load_or_generate(args, log)
     records: dict[str, Any] = {}
     wanted = [n.strip() for n in args.networks.split(",") if n.strip()]
-    loc_size = CFG.localizer_patch if not args.smoke else (32, 32, 32)
+    loc_size = CFG.localizer_patch if not args.smoke else (16, 16, 16)
     seg_size = tuple(int(v) for v in args.train_patch.split(",")) if not args.smoke else (16, 32, 32)
     val_size = CFG.patch if not args.smoke else (16, 32, 32)
     if "localizer" in wanted:
-        loc_train = tr + negative_localizer_samples(args.data)
+        loc_train = pooled_localizer_samples(tr + negative_localizer_samples(args.data))
         loc_val = []
-        for s in va:
+        for s in pooled_localizer_samples(va):
             loc_val += validation_windows([{"hu": s["loc_hu"], "y": s["loc_y"]}], loc_size)
         net, rec = train_network("localizer", "unet3d", args.loc_hp, loc_train, loc_val, hu_key="loc_hu",
-                                 y_key="loc_y", size=loc_size, jitter_vox=(6, 8, 8), args=args, log=log)
+                                 y_key="loc_y", size=loc_size, jitter_vox=(3, 4, 4), args=args, log=log)
         save_state(net, out / "localizer.safetensors")
         records["localizer"] = rec
     vw = validation_windows(va, val_size)

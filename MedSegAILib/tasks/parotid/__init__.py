@@ -149,9 +149,10 @@ class ParotidTask(Task):
         ctx.cancel.check()
         p_loc = sliding_window_inference(
             model.networks["localizer"], x_loc, loc_grid.shape, ctx=ctx, overlap=0.0, batch_size=1,
-            activation="softmax", progress=prog.sub(0.02, 0.1), patch_multiple=cfg.localizer_divisor,
+            activation="softmax", progress=prog.sub(0.02, 0.1),
+            patch_multiple=max(1, cfg.localizer_divisor // cfg.localizer_pool),
         )
-        loc = pp.localise(p_loc, loc_grid, cfg)
+        loc = pp.localise(p_loc, loc_grid, cfg, x_loc[0])
         timings["localisation_s"] = time.perf_counter() - t0
         if not loc.glands:
             raise InputError(
@@ -171,6 +172,10 @@ class ParotidTask(Task):
         prog(0.1, "Segmenting the parotid glands")
         t0 = time.perf_counter()
         lo, hi = loc.box(cfg.roi_margin_mm)  # type: ignore[misc]
+        if len(loc.glands) == 1:  # also look where the other gland would be: the box mirrored about the body centre
+            mx = pp.body_centre_x(x_loc[0], loc_grid, next(iter(loc.glands.values())))
+            if mx is not None:
+                lo, hi = np.minimum(lo, [2 * mx - hi[0], lo[1], lo[2]]), np.maximum(hi, [2 * mx - lo[0], hi[1], hi[2]])
         x, grid = pp.segmenter_input(vol, lo, hi, cfg)
         ctx.cancel.check()
         net = model.networks["segmenter"]

@@ -1,11 +1,13 @@
 """Post-processing of the parotid label map, on the input grid.
 
-Two anatomical rules, both stated in the issue and both only ever *remove* voxels:
+Two anatomical rules, both stated in the issue:
 
-1. **A gland never crosses the midline.** The mid-sagittal plane is estimated as the perpendicular bisector of
-   the two glands' centres (robust to a head turned in the scanner); with a single gland found it is the sagittal
-   plane through the body's centre on that gland's slices. Right-gland voxels on the left of it (and vice versa)
-   are removed.
+1. **A gland never crosses the midline, and the side is where it lies.** The mid-sagittal plane is estimated as
+   the perpendicular bisector of the centres of the two largest parotid regions (robust to a head turned in the
+   scanner); with a single region it is the sagittal plane through the body's centre on that region's slices.
+   Every parotid voxel is then labelled by the side of the plane it lies on (LPS +x = the patient's left). The
+   network's own left/right channels only have to find parotid tissue: a window that shows one gland and little
+   midline anatomy cannot always tell a right gland from a mirrored left one, but the patient's geometry can.
 2. **One main component per side** (26-connectivity), then holes fully enclosed by a gland are filled with that
    gland (the retromandibular vein and intra-parotid lymph nodes are inside the gland's contour by definition).
 
@@ -41,18 +43,35 @@ def centroid_lps(labels: np.ndarray, value: int, ref: Volume) -> Optional[np.nda
     return ref.index_to_lps(idx.mean(0)[::-1][None])[0]
 
 
-def estimate_midline(labels: np.ndarray, image: Volume, body_hu: float = -300.0) -> Optional[Midline]:
-    """The mid-sagittal plane from the two glands, or from the body outline when only one is present."""
-    c_r, c_l = centroid_lps(labels, RIGHT, image), centroid_lps(labels, LEFT, image)
-    if c_r is not None and c_l is not None:
-        n = c_l - c_r
-        n[2] = 0.0  # the plane is sagittal: glands at different heights must not tilt it
-        if np.linalg.norm(n) > 10.0 and n[0] > 0:
-            return Midline((c_r + c_l) / 2.0, n / np.linalg.norm(n), "bisector of the two glands")
-    one = c_r if c_r is not None else c_l
-    if one is None:
+def _largest_regions(mask: np.ndarray, n: int) -> list[np.ndarray]:
+    """Voxel indices of the ``n`` largest 26-connected regions of ``mask``, largest first."""
+    from scipy import ndimage
+
+    if not mask.any():
+        return []
+    sl = _bbox(mask)
+    comp, count = ndimage.label(mask[sl], structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(comp.ravel())[1:]
+    order = np.argsort(sizes)[::-1][:n]
+    offset = np.array([s.start for s in sl])
+    return [np.argwhere(comp == int(k) + 1) + offset for k in order]
+
+
+def estimate_midline(labels: np.ndarray, image: Volume, body_hu: float = -300.0,
+                     min_second: float = 0.2) -> Optional[Midline]:
+    """The mid-sagittal plane from the two largest parotid regions (the second counts when it is at least
+    ``min_second`` of the first), or from the body outline when there is only one."""
+    regions = _largest_regions(labels > 0, 2)
+    if not regions:
         return None
-    ks = np.unique(np.argwhere(labels > 0)[:, 0])
+    if len(regions) == 2 and len(regions[1]) >= min_second * len(regions[0]):
+        a, b = (image.index_to_lps(r.mean(0)[::-1][None])[0] for r in regions)
+        n = b - a
+        n[2] = 0.0  # the plane is sagittal: glands at different heights must not tilt it
+        if np.linalg.norm(n) > 30.0:  # the two glands are 70-110 mm apart; closer regions are one gland's pieces
+            n = n if n[0] > 0 else -n
+            return Midline((a + b) / 2.0, n / np.linalg.norm(n), "bisector of the two glands")
+    ks = np.unique(regions[0][:, 0])
     body = np.asarray(image.array[ks], float) > body_hu
     if not body.any():
         return None
@@ -71,24 +90,22 @@ def _bbox(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
 
 
 def clean_glands(labels: np.ndarray, image: Volume) -> tuple[np.ndarray, dict]:
-    """Apply the midline and main-component rules; returns the cleaned labels and what was removed (mL)."""
+    """Apply the midline/side and main-component rules; returns the cleaned labels and what changed (mL)."""
     from scipy import ndimage
 
     out = labels.copy()
     vox_ml = image.voxel_volume_mm3 / 1000.0
-    report: dict = {"midline": None, "removed_across_midline_ml": {}, "removed_fragments_ml": {}}
+    report: dict = {"midline": None, "relabelled_by_side_ml": {}, "removed_fragments_ml": {}}
     mid = estimate_midline(out, image)
     if mid is not None:
         report["midline"] = {"point_lps": [float(v) for v in mid.point_lps],
                              "normal_lps": [float(v) for v in mid.normal_lps], "method": mid.method}
-        for side, wrong_sign in ((RIGHT, 1.0), (LEFT, -1.0)):
-            idx = np.argwhere(out == side)
-            if idx.size == 0:
-                continue
-            d = mid.side_of(image.index_to_lps(idx[:, ::-1].astype(float)))
-            bad = idx[d * wrong_sign > 0]
-            out[tuple(bad.T)] = 0
-            report["removed_across_midline_ml"][side] = float(len(bad) * vox_ml)
+        idx = np.argwhere(out > 0)
+        side = np.where(mid.side_of(image.index_to_lps(idx[:, ::-1].astype(float))) > 0, LEFT, RIGHT)
+        before = out[tuple(idx.T)]
+        for s in (RIGHT, LEFT):
+            report["relabelled_by_side_ml"][s] = float(((side == s) & (before != s)).sum() * vox_ml)
+        out[tuple(idx.T)] = side.astype(out.dtype)
     full26 = np.ones((3, 3, 3), bool)
     for side in (RIGHT, LEFT):
         m = out == side

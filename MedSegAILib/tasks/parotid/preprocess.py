@@ -41,9 +41,10 @@ class ParotidConfig:
     window_hu: tuple[float, float] = (-200.0, 300.0)
     patch: tuple[int, int, int] = (64, 128, 128)  #: segmenter window, [k, j, i] voxels
     overlap: float = 0.25
-    localizer_spacing_mm: float = 4.0
-    localizer_patch: tuple[int, int, int] = (48, 64, 64)  #: training crops of the localiser, [k, j, i]
-    localizer_divisor: int = 16  #: localiser input sizes are padded to a multiple of this (its poolings)
+    localizer_spacing_mm: float = 4.0  #: the field of view is resampled at this spacing, then block-averaged
+    localizer_pool: int = 2  #: ... by this factor per axis: the localiser sees 8 mm voxels
+    localizer_patch: tuple[int, int, int] = (24, 32, 32)  #: training crops of the localiser, [k, j, i] pooled voxels
+    localizer_divisor: int = 16  #: the 4 mm grid is padded to a multiple of this (pool x the net's 3 poolings)
     localizer_threshold: float = 0.5
     min_gland_ml: float = 2.0  #: a coarse component smaller than this is not taken for a gland
     roi_margin_mm: float = 16.0
@@ -133,11 +134,52 @@ def to_grid(vol: Volume, grid: Geometry, *, interpolation: str = "linear", defau
     return sitk.GetArrayFromImage(f.Execute(img)).astype(np.float32, copy=False)
 
 
-def localizer_input(vol: Volume, cfg: ParotidConfig) -> tuple[np.ndarray, Geometry]:
-    """``(x, grid)``: the whole field of view on the canonical localiser grid, windowed, ``(1, D, H, W)``."""
+def localizer_hu(vol: Volume, cfg: ParotidConfig) -> tuple[np.ndarray, Geometry]:
+    """The whole field of view on the canonical 4 mm grid (HU, anti-aliased) and that grid."""
     lo, hi = box_of(vol)
     grid = canonical_grid(lo, hi, cfg.localizer_spacing_mm, cfg.localizer_divisor)
-    return window(to_grid(vol, grid), cfg)[None], grid
+    return to_grid(vol, grid), grid
+
+
+def block_mean(arr: np.ndarray, f: int) -> np.ndarray:
+    """Mean over non-overlapping ``f x f x f`` blocks (sizes must be multiples of ``f``)."""
+    if f == 1:
+        return np.asarray(arr, np.float32)
+    k, j, i = arr.shape
+    return np.asarray(arr, np.float32).reshape(k // f, f, j // f, f, i // f, f).mean(axis=(1, 3, 5))
+
+
+def pooled_grid(grid: Geometry, f: int) -> Geometry:
+    """The grid of :func:`block_mean`: voxel centres at the centres of the blocks."""
+    d = np.asarray(grid.direction, float)
+    sp = np.asarray(grid.spacing, float)
+    origin = np.asarray(grid.origin, float) + d @ ((f - 1) / 2.0 * sp)
+    return Geometry(tuple(n // f for n in grid.shape), tuple(float(v) for v in sp * f), tuple(origin.tolist()),
+                    d.copy())
+
+
+def pooled_labels(lab: np.ndarray, f: int) -> np.ndarray:
+    """Labels of the pooled grid: a block is a gland when at least 3 of its 8 (f = 2) sub-voxels are (the larger
+    count wins when both are), so the thin parts of a gland are not lost to the background at 8 mm."""
+    if f == 1:
+        return lab.astype(np.uint8)
+    k, j, i = lab.shape
+    blocks = lab.reshape(k // f, f, j // f, f, i // f, f)
+    n = f ** 3
+    counts = [(blocks == s).sum(axis=(1, 3, 5)) for s in (RIGHT, LEFT)]
+    out = np.zeros(counts[0].shape, np.uint8)
+    need = max(1, int(round(3 * n / 8)))
+    out[(counts[0] >= need) & (counts[0] >= counts[1])] = RIGHT
+    out[(counts[1] >= need) & (counts[1] > counts[0])] = LEFT
+    return out
+
+
+def localizer_input(vol: Volume, cfg: ParotidConfig) -> tuple[np.ndarray, Geometry]:
+    """``(x, grid)``: the whole field of view at 4 mm block-averaged to 8 mm, windowed, ``(1, D, H, W)``.
+
+    The recipe caches the 4 mm HU volume and applies the same :func:`block_mean`, so training and use agree."""
+    hu, grid = localizer_hu(vol, cfg)
+    return window(block_mean(hu, cfg.localizer_pool), cfg)[None], pooled_grid(grid, cfg.localizer_pool)
 
 
 def segmenter_input(vol: Volume, lo: np.ndarray, hi: np.ndarray, cfg: ParotidConfig) -> tuple[np.ndarray, Geometry]:
@@ -221,34 +263,64 @@ class Localisation:
         return lo, hi
 
 
-def localise(probs: np.ndarray, grid: Geometry, cfg: ParotidConfig) -> Localisation:
-    """Per side, the largest connected region where that side's gland is the arg-max class (and its probability
-    is above ``localizer_threshold``); regions below ``min_gland_ml`` are rejected."""
+def localise(probs: np.ndarray, grid: Geometry, cfg: ParotidConfig, image: Optional[np.ndarray] = None) -> Localisation:
+    """The (up to) two largest parotid regions of the localiser output, each with its side.
+
+    A voxel is parotid where the arg-max is a gland class and the summed gland probability is at least
+    ``localizer_threshold``; regions below ``min_gland_ml`` are rejected. The **side comes from the geometry**,
+    not from the localiser's two channels (on a patient-aligned grid, +x is the patient's left): with two regions
+    the one at larger x is the left gland; with one, its x is compared with the body's centre in ``image`` (the
+    windowed localiser input) on the same slices.
+    """
     from scipy import ndimage
 
-    labels = np.argmax(probs, axis=0)
+    p_gland = probs[1] + probs[2]
+    mask = (np.argmax(probs, axis=0) != 0) & (p_gland >= cfg.localizer_threshold)
     vox_ml = float(np.prod(grid.spacing)) / 1000.0
     vol = Volume(np.zeros((1, 1, 1), np.uint8), grid.spacing, grid.origin, np.asarray(grid.direction))  # geometry only
     out = Localisation()
-    for side in (RIGHT, LEFT):
-        mask = (labels == side) & (probs[side] >= cfg.localizer_threshold)
-        if not mask.any():
-            continue
-        comp, n = ndimage.label(mask)
-        sizes = np.bincount(comp.ravel())[1:]
-        best = int(np.argmax(sizes)) + 1
-        if sizes[best - 1] * vox_ml < cfg.min_gland_ml:
-            out.candidates_rejected += int(n)
-            continue
-        out.candidates_rejected += int(n) - 1
-        idx = np.argwhere(comp == best)  # [k, j, i]
-        p = probs[side][comp == best]
+    if not mask.any():
+        return out
+    comp, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(comp.ravel())[1:]
+    order = [int(k) + 1 for k in np.argsort(sizes)[::-1] if sizes[k] * vox_ml >= cfg.min_gland_ml][:2]
+    out.candidates_rejected = int(n) - len(order)
+    boxes = []
+    half = np.asarray(grid.spacing) / 2.0
+    for lab in order:
+        idx = np.argwhere(comp == lab)  # [k, j, i]
+        p = p_gland[comp == lab]
         centre = (idx * p[:, None]).sum(0) / p.sum()
         pts = vol.index_to_lps(np.stack([idx.min(0), idx.max(0)])[:, ::-1].astype(float))
-        half = np.asarray(grid.spacing) / 2.0
-        out.glands[side] = GlandBox(
-            side=side, centre_lps=vol.index_to_lps(centre[::-1][None])[0],
-            lo_lps=pts.min(0) - half, hi_lps=pts.max(0) + half,
-            volume_ml=float(sizes[best - 1] * vox_ml), mean_probability=float(p.mean()),
-        )
+        boxes.append((vol.index_to_lps(centre[::-1][None])[0], pts.min(0) - half, pts.max(0) + half,
+                      float(len(idx) * vox_ml), float(p.mean()), idx))
+    if not boxes:
+        return out
+    if len(boxes) == 2 and abs(boxes[0][0][0] - boxes[1][0][0]) > 30.0:
+        boxes.sort(key=lambda b: b[0][0])
+        sides = [RIGHT, LEFT]
+    else:
+        boxes = boxes[:1]
+        ks = np.unique(boxes[0][5][:, 0])
+        body_x = _body_x(image, ks, vol) if image is not None else None
+        sides = [LEFT if boxes[0][0][0] > (body_x if body_x is not None else 0.0) else RIGHT]
+    for side, (c, lo, hi, ml, mp, _idx) in zip(sides, boxes):
+        out.glands[side] = GlandBox(side=side, centre_lps=c, lo_lps=lo, hi_lps=hi, volume_ml=ml, mean_probability=mp)
     return out
+
+
+def _body_x(image: np.ndarray, ks: np.ndarray, geom: Volume) -> Optional[float]:
+    """LPS x of the body's centre (windowed voxels above 0.05, i.e. denser than fat) on slices ``ks``."""
+    body = np.argwhere(np.asarray(image)[ks] > 0.05)
+    if not len(body):
+        return None
+    return float(geom.index_to_lps(np.array([[body[:, 2].mean(), 0.0, 0.0]]))[0][0])
+
+
+def body_centre_x(image: np.ndarray, grid: Geometry, gland: GlandBox) -> Optional[float]:
+    """The body's centre x (LPS) on the localiser slices that hold ``gland``'s box."""
+    vol = Volume(np.zeros((1, 1, 1), np.uint8), grid.spacing, grid.origin, np.asarray(grid.direction))
+    k_lo = vol.lps_to_index(gland.lo_lps[None])[0][2]
+    k_hi = vol.lps_to_index(gland.hi_lps[None])[0][2]
+    ks = np.arange(max(0, int(np.floor(min(k_lo, k_hi)))), min(grid.shape[0], int(np.ceil(max(k_lo, k_hi))) + 1))
+    return _body_x(image, ks, vol) if len(ks) else None
