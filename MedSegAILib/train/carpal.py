@@ -92,21 +92,20 @@ class DiceCELoss:
     """``1 - mean_c soft Dice_c`` over the bone classes (sums over batch and pixels, smooth 1) + cross-entropy.
 
     Soft Dice per class c: ``(2 sum y_c p_c + s) / (sum y_c + sum p_c + s)`` with softmax probabilities p and
-    one-hot targets y; background is left out of the Dice term (it would dominate) and kept in the CE term."""
+    one-hot targets y; background is left out of the Dice term (it would dominate) and kept in the CE term. Bones
+    absent from a batch keep their term (``empty="include"`` of :func:`MedSegAILib.train.losses.soft_dice_loss`)."""
 
     def __init__(self, ce_weight: float = 1.0, smooth: float = 1.0):
         self.ce_weight, self.smooth = ce_weight, smooth
 
     def __call__(self, logits: Any, target: Any) -> Any:
-        import torch
         import torch.nn.functional as F
 
-        p = torch.softmax(logits, dim=1)[:, 1:]
-        y = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(p.dtype)[:, 1:]
-        dims = (0, 2, 3)
-        inter = (p * y).sum(dims)
-        dice = (2 * inter + self.smooth) / (p.sum(dims) + y.sum(dims) + self.smooth)
-        return (1 - dice.mean()) + self.ce_weight * F.cross_entropy(logits, target.long())
+        from MedSegAILib.train.losses import soft_dice_loss
+
+        dice_loss = soft_dice_loss(logits, target, classes=range(1, logits.shape[1]), eps=self.smooth,
+                                   batch_dice=True, empty="include")
+        return dice_loss + self.ce_weight * F.cross_entropy(logits, target.long())
 
 
 def predict_labels(net: Any, x: np.ndarray, batch: int = 8) -> np.ndarray:

@@ -188,17 +188,16 @@ def seg_batches(cases, cfg, rng, batch, steps):
 
 # ---------------------------------------------------------------------------------------------- loss / metrics
 def soft_dice_ce(logits, target, fg=(1,), dice_weight: float = 1.0):
+    """Soft-target cross-entropy ``-mean sum_c t_c log p_c`` + ``dice_weight`` x (1 - soft Dice of the classes
+    ``fg``, per sample, smooth 1, absent classes kept: :func:`MedSegAILib.train.losses.soft_dice_loss`)."""
     import torch
+
+    from MedSegAILib.train.losses import soft_dice_loss
 
     logp = torch.log_softmax(logits, dim=1)
     ce = -(target * logp).sum(dim=1).mean()
-    p = logp.exp()
-    dims = (2, 3, 4)
-    inter = (p * target).sum(dims)
-    den = p.sum(dims) + target.sum(dims)
-    dice = (2 * inter + 1.0) / (den + 1.0)
-    dice_fg = dice[:, list(fg)].mean()
-    return ce + dice_weight * (1.0 - dice_fg)
+    dice_loss = soft_dice_loss(logits, target, classes=fg, eps=1.0, batch_dice=False, empty="include")
+    return ce + dice_weight * dice_loss
 
 
 def seg_val_metric(cases, cfg):
