@@ -282,6 +282,11 @@ def train_network(name: str, arch: str, hp: dict[str, Any], train_s: Sequence[di
 
     torch.manual_seed(args.seed)
     net = nets.build(arch, **hp)
+    if args.init:  # continue from an earlier run's weights (a second, documented training stage)
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(Path(args.init) / f"{name}.safetensors")))
+        log(f"[{name}] initialised from {Path(args.init) / f'{name}.safetensors'}")
     fmt = torch.channels_last_3d if args.channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)  # oneDNN's fast layout for 3-D convolutions on the CPU (same weights)
     n_par = sum(p.numel() for p in net.parameters())
@@ -315,11 +320,18 @@ def train_network(name: str, arch: str, hp: dict[str, Any], train_s: Sequence[di
             yield x.contiguous(memory_format=fmt), y
 
     def val_metric(model) -> float:
-        d = []
+        """Dice of parotid tissue (either gland) in the validation windows: the task takes the sides from the
+        patient's geometry (:mod:`MedSegAILib.tasks.parotid.postprocess`), so what the checkpoint must be good at
+        is finding the glands; the per-side Dice is logged beside it."""
+        from MedSegAILib.metrics import dice
+
+        d, per_side = [], []
         for hu, y in val_windows:
             x = torch.from_numpy(pp.window(hu.astype(np.float32), CFG)[None, None]).contiguous(memory_format=fmt)
             pred = model(x).argmax(1)[0].numpy()
-            d.append(np.mean(gland_dice(pred, y)))
+            d.append(dice(pred > 0, y > 0))
+            per_side.append(np.mean(gland_dice(pred, y)))
+        log(f"[{name}]   validation: parotid Dice {np.mean(d):.4f}, per-side Dice {np.mean(per_side):.4f}")
         return float(np.mean(d))
 
     t0 = time.monotonic()
@@ -357,6 +369,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                     help="keep the default memory layout (channels-last 3-D is ~1.7x faster on the CPU)")
     ap.add_argument("--loc-batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (the paper's 0.001)")
+    ap.add_argument("--init", default="", help="folder with <network>.safetensors to start from (continue training)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default="", help="npz cache of the synthetic samples (re-used when present)")
