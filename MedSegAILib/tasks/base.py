@@ -338,6 +338,28 @@ class Task(abc.ABC):
                 f"{self.title} does not take input(s) {sorted(unknown)}; it takes {[s.role for s in self.inputs]}."
             )
 
+    def check_model(self, model: Optional["LoadedModel"], networks: Sequence[str]) -> None:
+        """Raise :class:`~MedSegAILib.errors.ModelError` unless ``model`` is loaded, provides every network in
+        ``networks``, and calls each of this task's label values by the task's own name (a model trained with
+        another label order would otherwise be silently wrong)."""
+        from MedSegAILib.errors import ModelError
+
+        if model is None:
+            raise ModelError(f"The {self.title} task needs a model (default {self.default_model!r}); none was loaded.")
+        missing = set(networks) - set(model.networks)
+        if missing:
+            raise ModelError(
+                f"Model {model.spec.id!r} lacks the network(s) {sorted(missing)}; the {self.title} task needs "
+                + " and ".join(repr(n) for n in networks) + "."
+            )
+        names = {int(d["value"]): str(d["name"]) for d in (model.spec.labels or [])}
+        for lab in self.labels:
+            if lab.value in names and names[lab.value] != lab.name:
+                raise ModelError(
+                    f"Model {model.spec.id!r} calls label {lab.value} {names[lab.value]!r}, but this task writes "
+                    f"{lab.name!r}; the model was trained for a different label convention."
+                )
+
     @abc.abstractmethod
     def run(
         self,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import numpy as np
 
 from MedSegAILib.core.volume import Volume
-from MedSegAILib.errors import InputError, ModelError
+from MedSegAILib.errors import InputError
 from MedSegAILib.tasks.base import (
     ANATOMICAL_STRUCTURE,
     CodedTerm,
@@ -113,7 +113,7 @@ class MyocardiumSPECTTask(Task):
         prog = ctx.progress
         self.validate_inputs(inputs)
         vol = inputs["image"]
-        self._check_model(model)
+        self.check_model(model, ("localizer", "segmenter"))
         assert model is not None
         cfg = pp.PreprocessConfig.from_mapping(model.spec.input)
         messages: list[str] = []
@@ -270,23 +270,6 @@ class MyocardiumSPECTTask(Task):
             raise InputError(
                 "The SPECT volume has large negative values; it does not look like a reconstructed count image."
             )
-
-    def _check_model(self, model: Optional["LoadedModel"]) -> None:
-        if model is None:
-            raise ModelError(f"The {self.title} task needs a model (default {self.default_model!r}); none was loaded.")
-        missing = {"localizer", "segmenter"} - set(model.networks)
-        if missing:
-            raise ModelError(
-                f"Model {model.spec.id!r} lacks the network(s) {sorted(missing)}; the {self.title} task needs a "
-                "'localizer' and a 'segmenter'."
-            )
-        names = {int(d["value"]): str(d["name"]) for d in (model.spec.labels or [])}
-        for lab in self.labels:
-            if lab.value in names and names[lab.value] != lab.name:
-                raise ModelError(
-                    f"Model {model.spec.id!r} calls label {lab.value} {names[lab.value]!r}, but this task writes "
-                    f"{lab.name!r}; the model was trained for a different label convention."
-                )
 
     @staticmethod
     def _segment(model, vol, center, cfg, ctx, progress):

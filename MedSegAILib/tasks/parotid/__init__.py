@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 import numpy as np
 
 from MedSegAILib.core.volume import Volume, lps_to_ras_points
-from MedSegAILib.errors import InputError, ModelError
+from MedSegAILib.errors import InputError
 from MedSegAILib.tasks.base import (
     ANATOMICAL_STRUCTURE,
     LEFT,
@@ -112,19 +112,6 @@ class ParotidTask(Task):
                 "not a crop."
             )
 
-    def _check_model(self, model: Optional["LoadedModel"]) -> None:
-        if model is None:
-            raise ModelError(f"The {self.title} task needs a model (default {self.default_model!r}); none was loaded.")
-        missing = {"localizer", "segmenter"} - set(model.networks)
-        if missing:
-            raise ModelError(f"Model {model.spec.id!r} lacks the network(s) {sorted(missing)}; the {self.title} "
-                             "task needs a 'localizer' and a 'segmenter'.")
-        names = {int(d["value"]): str(d["name"]) for d in (model.spec.labels or [])}
-        for lab in self.labels:
-            if lab.value in names and names[lab.value] != lab.name:
-                raise ModelError(f"Model {model.spec.id!r} calls label {lab.value} {names[lab.value]!r}, but this "
-                                 f"task writes {lab.name!r}: the model was trained with another label order.")
-
     # ------------------------------------------------------------------------------------------ run
     def run(self, inputs: Mapping[str, Volume], params: Any, model: Optional["LoadedModel"],
             ctx: RunContext) -> TaskResult:
@@ -135,7 +122,7 @@ class ParotidTask(Task):
         t_start = time.perf_counter()
         prog = ctx.progress
         self.validate_inputs(inputs)
-        self._check_model(model)
+        self.check_model(model, ("localizer", "segmenter"))
         assert model is not None
         vol = inputs["image"]
         cfg = pp.ParotidConfig.from_mapping(model.spec.input)
