@@ -216,7 +216,7 @@ from MedSegAILib.cli import main
 t = []
 for i in range(2):
     t0 = time.perf_counter()
-    rc = main(["segment", "--task", "parotid", sys.argv[1], "-o", sys.argv[2] + f"/run{i}", "--model", sys.argv[4],
+    rc = main(["segment", "--task", "parotid", sys.argv[1], "-o", sys.argv[2] + f"/{sys.argv[4]}-run{i}", "--model", sys.argv[4],
                "--device", "cpu", "--quiet"])
     t.append(time.perf_counter() - t0)
     assert rc == 0, rc

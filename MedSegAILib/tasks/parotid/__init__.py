@@ -58,7 +58,7 @@ LEFT_PAROTID = LabelInfo(value=pp.LEFT, name="Left parotid gland", color=(0.30, 
 
 #: a segmented gland below this volume is reported as implausibly small (adult parotids are ~10-50 mL)
 SMALL_GLAND_ML = 5.0
-#: mean winning probability inside a gland below which the user is told to check it
+#: the mean probability of parotid tissue (either side) inside a gland, below which the user is told to check it
 LOW_CONFIDENCE = 0.75
 
 
@@ -147,12 +147,6 @@ class ParotidTask(Task):
                 "region (from the skull base to below the angle of the mandible); check that the right volume is "
                 "selected and that it is a CT of the head and neck."
             )
-        for side in (pp.RIGHT, pp.LEFT):
-            if side not in loc.glands:
-                messages.append(
-                    f"Only one parotid region was found: the {pp.SIDE_NAMES[side]} gland may be absent (resected), "
-                    "outside the field of view or replaced by tumour. Check the result."
-                )
         ctx.cancel.check()
 
         # ---- 2. segmentation of the box around the glands, 1 mm, patient-aligned
@@ -185,8 +179,7 @@ class ParotidTask(Task):
         t0 = time.perf_counter()
         p_in = pp.probabilities_to_input(probs, grid, vol.geometry())
         labels = np.argmax(p_in, axis=0).astype(np.uint8)
-        confidence = {side: float(p_in[side][labels == side].mean()) if (labels == side).any() else float("nan")
-                      for side in (pp.RIGHT, pp.LEFT)}
+        p_gland = 1.0 - p_in[0]  # parotid tissue, either side: the side comes from the geometry (post-processing)
         del p_in, probs
         timings["resample_back_s"] = time.perf_counter() - t0
         ctx.cancel.check()
@@ -202,13 +195,17 @@ class ParotidTask(Task):
 
         # ---- 5. measurements
         prog(0.92, "Measuring")
+        confidence = {side: float(p_gland[labels == side].mean()) if (labels == side).any() else float("nan")
+                      for side in (pp.RIGHT, pp.LEFT)}
+        del p_gland
         label_vol = Volume(labels, vol.spacing, vol.origin, vol.direction.copy(),
                            {"is_labelmap": True, "modality": "SEG"})
         table = self._volume_table(label_vol, vol, confidence)
         for side, lab in ((pp.RIGHT, RIGHT_PAROTID), (pp.LEFT, LEFT_PAROTID)):
             ml = float((labels == side).sum() * vol.voxel_volume_mm3 / 1000.0)
-            if ml == 0 and side in loc.glands:
-                messages.append(f"The {lab.name.lower()} was located but nothing was segmented; check the CT.")
+            if ml == 0:
+                messages.append(f"No {lab.name.lower()} was found: it may be absent (resected), outside the field "
+                                "of view or replaced by tumour. Check the result.")
             elif 0 < ml < SMALL_GLAND_ML:
                 messages.append(f"The {lab.name.lower()} is only {ml:.1f} mL (adult glands are about 10-50 mL); "
                                 "check it (resection, atrophy or a partial field of view).")
@@ -242,7 +239,7 @@ class ParotidTask(Task):
     def _volume_table(labels: Volume, image: Volume, confidence: Mapping[int, float]) -> Table:
         cols = [Column("Structure"), Column("Volume", "mL"), Column("Centre R", "mm"), Column("Centre A", "mm"),
                 Column("Centre S", "mm"), Column("Cranio-caudal extent", "mm"), Column("Mean CT number", "HU"),
-                Column("Mean network probability")]
+                Column("Mean parotid probability")]
         rows = []
         arr = labels.array
         for lab in (RIGHT_PAROTID, LEFT_PAROTID):
@@ -259,5 +256,5 @@ class ParotidTask(Task):
                          float(s.max() - s.min() + np.abs(labels.direction[2]) @ np.asarray(labels.spacing)), hu, float(confidence[lab.value])])
         return Table("Parotid volumes", cols, rows,
                      description="Per gland: volume, centre (RAS), cranio-caudal extent, mean CT number, and the "
-                                 "mean softmax probability of the winning class inside it.")
+                                 "mean softmax probability of parotid tissue (either gland) inside it.")
 
