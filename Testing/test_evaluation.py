@@ -35,11 +35,9 @@ from MedSegAILib.evaluation import (
 )
 from MedSegAILib.tasks.base import ANATOMICAL_STRUCTURE, LEFT, RIGHT, CodedTerm, LabelInfo, ScalarMap, TaskResult
 
-PAROTID = CodedTerm("SCT", "45289007", "Parotid gland")
-LABELS = [
-    LabelInfo(1, "Right parotid gland", (0.9, 0.6, 0.2), ANATOMICAL_STRUCTURE, PAROTID, RIGHT),
-    LabelInfo(2, "Left parotid gland", (0.2, 0.6, 0.9), ANATOMICAL_STRUCTURE, PAROTID, LEFT),
-]
+from MedSegAILib.tasks.parotid import LEFT_PAROTID, PAROTID, RIGHT_PAROTID  # noqa: E402 - the task's own labels
+
+LABELS = [RIGHT_PAROTID, LEFT_PAROTID]
 
 
 def _vol(arr, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Volume:

@@ -30,11 +30,9 @@ from MedSegAILib.mrml.segmentations import BINARY_LABELMAP, oriented_image  # no
 from MedSegAILib.mrml.volumes import node_from_volume, volume_from_node  # noqa: E402
 from MedSegAILib.tasks.base import ANATOMICAL_STRUCTURE, LEFT, RIGHT, CodedTerm, LabelInfo, TaskResult  # noqa: E402
 
-PAROTID = CodedTerm("SCT", "45289007", "Parotid gland")
-LABELS = [
-    LabelInfo(1, "Right parotid gland", (0.95, 0.6, 0.25), ANATOMICAL_STRUCTURE, PAROTID, RIGHT),
-    LabelInfo(2, "Left parotid gland", (0.3, 0.65, 0.95), ANATOMICAL_STRUCTURE, PAROTID, LEFT),
-]
+from MedSegAILib.tasks.parotid import LEFT_PAROTID, PAROTID, RIGHT_PAROTID  # noqa: E402 - the task's own labels
+
+LABELS = [RIGHT_PAROTID, LEFT_PAROTID]
 SHAPE = (10, 12, 16)  # [k, j, i]
 
 
