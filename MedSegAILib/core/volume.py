@@ -54,6 +54,17 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q
 
 
+def bounding_slices(mask: np.ndarray, pad: int = 0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every True voxel of ``mask``, grown by ``pad`` voxels per side and
+    clipped to the array (work on a structure inside its box instead of the whole volume). ``mask`` must not be
+    empty."""
+    out = []
+    for axis in range(mask.ndim):
+        idx = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        out.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1, mask.shape[axis])))
+    return tuple(out)
+
+
 @dataclass(eq=False)
 class Volume:
     """A 3-D (or single-slice 2-D) image with its exact physical geometry. See the module docstring."""

@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from MedSegAILib.core.volume import Volume
+from MedSegAILib.core.volume import Volume, bounding_slices
 from MedSegAILib.engine.progress import CancelToken
 from MedSegAILib.errors import InputError
 from MedSegAILib.evaluation.names import LabelsLike, labels_of
@@ -140,17 +140,6 @@ def _onto_reference(pred: Volume, ref: Volume) -> tuple[np.ndarray, float]:
     return np.where(inside, res - 1, 0).astype(arr.dtype), float(inside.mean())
 
 
-def _bbox(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
-    """Slices of the box around ``mask`` plus ``pad`` voxels (clipped). Padding keeps every surface voxel off the
-    box border, so surface distances in the box equal those in the whole volume."""
-    sl = []
-    for axis in range(mask.ndim):
-        any_ = np.any(mask, axis=tuple(a for a in range(mask.ndim) if a != axis))
-        idx = np.flatnonzero(any_)
-        sl.append(slice(max(int(idx[0]) - pad, 0), min(int(idx[-1]) + pad + 1, mask.shape[axis])))
-    return tuple(sl)
-
-
 def evaluate_pair(
     pred: Volume,
     ref: Volume,
@@ -210,7 +199,7 @@ def evaluate_pair(
         if not union.any():
             out.append(StructureMetrics(v, lab.name, EMPTY_BOTH, None, None, None, vpred, vref))
             continue
-        box = _bbox(union)
+        box = bounding_slices(union, pad=1)  # pad: surface voxels stay off the box border (same distances)
         pb, rb = p[box], r[box]
         hd = None if planar else hausdorff95(pb, rb, spacing_kji)
         status = OK if (pb.any() and rb.any()) else (EMPTY_PRED if rb.any() else EMPTY_REF)

@@ -27,6 +27,8 @@ from typing import Iterable
 import numpy as np
 from scipy import ndimage as ndi
 
+from MedSegAILib.core.volume import bounding_slices
+
 __all__ = ["postprocess_lv", "BACKGROUND", "MYOCARDIUM", "CAVITY"]
 
 log = logging.getLogger(__name__)
@@ -102,13 +104,6 @@ def exterior_background(labels: np.ndarray) -> np.ndarray:
     )
     outside = np.unique(faces[faces > 0])
     return np.isin(lab, outside)
-
-
-def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
-    idx = np.nonzero(mask)
-    return tuple(
-        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)) for i, n in zip(idx, mask.shape)
-    )  # type: ignore[return-value]
 
 
 def _topology_signature(lab: np.ndarray) -> tuple[int, int, int]:
@@ -280,7 +275,7 @@ def postprocess_lv(
 
     # Work in the bounding box plus a 2-voxel margin: the margin is all background, so background reaching the
     # crop border is exactly the background connected to the exterior (or to the edge of the field of view).
-    box = _bbox(lab != BACKGROUND, margin=2)
+    box = bounding_slices(lab != BACKGROUND, pad=2)
     crop = lab[box]
     crop = _select_components(crop, vox_ml, min_component_ml)
     if max_hole_ml > 0:

@@ -217,7 +217,7 @@ class ParotidTask(Task):
         for k, v in timings.items():
             ctx.add_time(k, v)
         provenance = {
-            "method": "3-D U-Net localiser (4 mm) + 3-D segmenter (1 mm, 128x128x64 windows) on a patient-aligned "
+            "method": "3-D U-Net localiser (8 mm) + 3-D segmenter (1 mm, 128x128x64 windows) on a patient-aligned "
                       "grid; probabilities mapped back to the input grid",
             "preprocessing": cfg.to_mapping(),
             "localisation": {pp.SIDE_NAMES[s]: {"centre_lps": [float(v) for v in g.centre_lps],

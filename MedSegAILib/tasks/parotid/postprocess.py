@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from MedSegAILib.core.volume import Volume
+from MedSegAILib.core.volume import Volume, bounding_slices
 from MedSegAILib.tasks.parotid.preprocess import LEFT, RIGHT
 
 
@@ -49,7 +49,7 @@ def _largest_regions(mask: np.ndarray, n: int) -> list[np.ndarray]:
 
     if not mask.any():
         return []
-    sl = _bbox(mask)
+    sl = bounding_slices(mask, pad=1)
     comp, count = ndimage.label(mask[sl], structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(comp.ravel())[1:]
     order = np.argsort(sizes)[::-1][:n]
@@ -82,13 +82,6 @@ def estimate_midline(labels: np.ndarray, image: Volume, body_hu: float = -300.0,
     return Midline(centre, np.array([1.0, 0.0, 0.0]), "sagittal plane through the body centre")
 
 
-def _bbox(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...]:
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - pad, 0)
-    hi = np.minimum(idx.max(0) + pad + 1, mask.shape)
-    return tuple(slice(a, b) for a, b in zip(lo, hi))
-
-
 def clean_glands(labels: np.ndarray, image: Volume) -> tuple[np.ndarray, dict]:
     """Apply the midline/side and main-component rules; returns the cleaned labels and what changed (mL)."""
     from scipy import ndimage
@@ -111,7 +104,7 @@ def clean_glands(labels: np.ndarray, image: Volume) -> tuple[np.ndarray, dict]:
         m = out == side
         if not m.any():
             continue
-        sl = _bbox(m)
+        sl = bounding_slices(m, pad=1)
         sub = m[sl]
         comp, n = ndimage.label(sub, structure=full26)
         removed = 0
