@@ -83,6 +83,7 @@ class MedSegAIModuleLogic(ScriptedLoadableModuleLogic):
         self._task = None
         self._taskParameterNodeClass = None
         self._sceneLogic = None
+        self.lastPublished = None  #: MedSegAILib.mrml.ResultNodes of the last result written to the scene
 
     # -------------------------------------------------------------------------------------------- task
     @property
@@ -146,6 +147,7 @@ class MedSegAIModuleLogic(ScriptedLoadableModuleLogic):
         plus the scene writer's (empty segments...).
         """
         published = self.sceneLogic.publish(scene or slicer.mrmlScene, result, referenceNode, outputSegmentationNode)
+        self.lastPublished = published  # every node of the last result (maps, tables, points) for the task's widget
         return published.segmentation, list(published.messages)
 
     def process(self, inputNodes: dict, outputSegmentationNode=None, modelId=None, device="auto", params=None,

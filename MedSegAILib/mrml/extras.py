@@ -116,6 +116,10 @@ def write_scalar_map(
         display.SetWindowLevelMinMax(lo, hi)
     else:
         display.AutoWindowLevelOn()
+    if smap.zero_transparent:  # only voxels above 0 are drawn when the map is shown as a layer
+        display.SetApplyThreshold(1)
+        display.SetLowerThreshold(1e-6)
+        display.SetUpperThreshold(float(np.nanmax(smap.volume.array)) + 1.0)
     if smap.description:
         node.SetDescription(smap.description)
     if smap.units:

@@ -88,6 +88,8 @@ class ScalarMap:
     window: Optional[tuple[float, float]] = None  #: display range; None = data range
     units: str = ""
     description: str = ""
+    #: show voxels at or below 0 as transparent (a map that is zero outside the structures it describes)
+    zero_transparent: bool = False
 
 
 @dataclass(frozen=True)
