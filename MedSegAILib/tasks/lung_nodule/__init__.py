@@ -229,8 +229,8 @@ class LungNoduleTask(Task):
         from MedSegAILib.tasks.lung_nodule import lungs
 
         t0 = time.perf_counter()
-        lung = lungs.lung_mask(ct, **({"spacing_mm": 4.0} if fast else {}))
-        ml = lungs.require_lungs(lung)
+        lung = lungs.lung_mask(ct, cancel=ctx.cancel, **({"grid_mm": 4.0} if fast else {}))
+        ml = float(lungs.require_lungs(lung)["volume_ml"])
         timings["lung_mask_s"] = time.perf_counter() - t0
         ctx.cancel.check()
         return lung, ml
@@ -291,7 +291,7 @@ class LungNoduleTask(Task):
         t0 = time.perf_counter()
         dets = detect_nodules(model.networks["detector"], ct, lung, score_min=cfg.proposal_score_min,
                               progress=prog.sub(0.08, 0.6), cancel=ctx.cancel)
-        tracks = sorted(group_detections_3d(dets, ct), key=lambda t: -t.score)
+        tracks = group_detections_3d(dets)  # strongest first
         timings["detector_s"] = time.perf_counter() - t0
         if len(tracks) > cfg.max_proposals:
             messages.append(f"{len(tracks)} detector proposals; the {cfg.max_proposals} strongest were examined.")
@@ -305,8 +305,8 @@ class LungNoduleTask(Task):
         for n, tr in enumerate(tracks):
             ctx.cancel.check()
             prog.sub(0.6, 0.9)(n / max(len(tracks), 1), f"candidate {n + 1}/{len(tracks)}")
-            centre = np.asarray(tr.centre_lps, dtype=float)
-            ext = np.asarray(tr.extent_mm, dtype=float)
+            centre = np.asarray(tr.center_lps, dtype=float)
+            ext = _track_extent_mm(tr, ct)
             size = np.clip(ext + 2 * cfg.window_margin_mm, cfg.min_window_mm, cfg.max_window_mm)
             img = segment_region(model.networks["generator"], ct, centre, tuple(size), device=ctx.device)
             comp = self._component_near(img, centre, cfg, radius_mm=max(cfg.point_search_mm, 0.5 * float(ext.min())))
@@ -374,8 +374,17 @@ class LungNoduleTask(Task):
 
 def _box_in(ct: Volume, sub: Volume) -> tuple[slice, ...]:
     """Index box of the sub-volume ``sub`` (same spacing/direction, cut from ``ct``) in ``ct``'s array."""
-    start = np.rint(ct.lps_to_index(np.asarray(sub.origin)[None])[0]).astype(int)[::-1]
+    lo = sub.meta.get("index_lo")
+    ijk = np.asarray(lo, dtype=float) if lo is not None else ct.lps_to_index(np.asarray(sub.origin)[None])[0]
+    start = np.rint(ijk).astype(int)[::-1]
     return tuple(slice(int(s), int(s) + n) for s, n in zip(start, sub.array.shape))
+
+
+def _track_extent_mm(track: Any, ct: Volume) -> np.ndarray:
+    """(x, y, z) extent of a detector track in mm: the largest box in-plane, the slices it spans (plus one)."""
+    size = np.array([d.size_mm for d in track.detections], dtype=float).reshape(-1, 2)
+    k0, k1 = track.k_range
+    return np.array([size[:, 0].max(), size[:, 1].max(), (abs(k1 - k0) + 1) * ct.spacing[2]])
 
 
 def _touches_border(mask: np.ndarray) -> bool:
