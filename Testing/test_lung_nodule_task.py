@@ -94,13 +94,14 @@ def test_points_outside_the_volume_or_the_lungs_are_refused(scan):
         segment("lung-nodule", {"image": ct}, device="cpu", params={"point_ras": "12,34"})
 
 
-def test_no_nodule_is_a_result_not_an_error(scan, tmp_path):
+def test_no_nodule_is_a_result_not_an_error(test_data, tmp_path):
     from MedSegAILib.outputs import write_result_files
 
-    res = segment("lung-nodule", {"image": scan["ct"]}, device="cpu", params={"score_threshold": "1.0"})
+    ct = _phantom(lungs=True)
+    res = segment("lung-nodule", {"image": ct}, device="cpu", params={"score_threshold": "1.0"})
     assert res.labels == [] and not res.labelmap.array.any()
     assert any("No lung nodule was found" in m for m in res.messages)
-    files = write_result_files(res, tmp_path, "empty", image=scan["ct"])
+    files = write_result_files(res, tmp_path, "empty", image=ct)
     assert any(str(f).endswith(".seg.nrrd") for f in files)
 
 

