@@ -88,6 +88,23 @@ def match(result, truth, dilate_mm: float = 2.0):
     return out, n_true
 
 
+def hit_dice(result, truth) -> list[float]:
+    """Dice of each true nodule with the found nodule that overlaps it most (0 when missed)."""
+    t = np.asarray(truth.array)
+    lab = np.asarray(result.labelmap.array)
+    out = []
+    for k in range(1, int(t.max()) + 1):
+        tk = t == k
+        vals, counts = np.unique(lab[tk], return_counts=True)
+        counts, vals = counts[vals > 0], vals[vals > 0]
+        if not len(vals):
+            out.append(0.0)
+            continue
+        f = lab == vals[int(np.argmax(counts))]
+        out.append(round(float(2 * (f & tk).sum() / (f.sum() + tk.sum())), 4))
+    return out
+
+
 def froc(per_scan, thresholds):
     """Sensitivity and FP/scan at each threshold (a true nodule counts once, by its best-scoring hit)."""
     n_scans = len(per_scan)
@@ -118,7 +135,9 @@ def run_detection(args) -> dict:
         found, n_true = match(res, truth)
         per_scan.append((found, n_true))
         details.append({"scan": name, "true_nodules": n_true, "found": found, "seconds": round(dt, 2),
-                        "true_diameters_mm": [round(float(i.get("equivalent_diameter_mm", 0)), 1) for i in infos]})
+                        "true_diameters_mm": [round(float(i.get("equivalent_diameter_mm", 0)), 1) for i in infos],
+                        "true_centres_ras": [[round(v, 2) for v in i["centre_ras"]] for i in infos],
+                        "hit_dice": hit_dice(res, truth)})
         print(f"{name}: {n_true} true, {sum(1 for _, h in found if h > 0)} hit candidates, "
               f"{sum(1 for _, h in found if h < 0)} other candidates, {dt:.1f} s", flush=True)
     thresholds = sorted({0.0, *[s for f, _ in per_scan for s, _h in f], *np.linspace(0, 1, 21).tolist()})
@@ -201,7 +220,11 @@ def main() -> int:
         if "chosen_fusion_threshold" in d:
             print(f"chosen fusion threshold (val): {d['chosen_fusion_threshold']}")
     if args.speed:
-        report["speed"] = run_speed(args, args.point)
+        point = args.point
+        if point is None and report.get("detection", {}).get("details"):
+            first = report["detection"]["details"][0]  # scan 0 is not mirrored: its first nodule lies in the lung
+            point = ",".join(str(v) for v in first["true_centres_ras"][0])
+        report["speed"] = run_speed(args, point)
         print(json.dumps(report["speed"], indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1, default=float))

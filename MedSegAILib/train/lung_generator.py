@@ -102,15 +102,22 @@ def sample(case: dict[str, Any], rng: np.random.Generator, patch: Sequence[int] 
     hu = extract(case["hu"].array, c, patch, -1000).astype(np.float32)
     m = extract(case["mask"].array, c, patch, 0)
     if augment:
-        hu = hu * rng.uniform(0.95, 1.05) + rng.uniform(-30.0, 30.0)
-        if rng.random() < 0.5:
-            hu, m = hu[:, :, ::-1], m[:, :, ::-1]
-        if rng.random() < 0.5:
-            hu, m = hu[:, ::-1, :], m[:, ::-1, :]
-        k = int(rng.integers(4))
-        if k and patch[1] == patch[2]:
-            hu, m = np.rot90(hu, k, axes=(1, 2)), np.rot90(m, k, axes=(1, 2))
+        hu, m = augment_pair(hu, m, rng)
     return np.ascontiguousarray(to_work(hu)), np.ascontiguousarray(m)
+
+
+def augment_pair(hu: np.ndarray, m: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """HU ``hu * s + o`` (s ~ U(0.95, 1.05), o ~ U(-30, 30)), random x and y flips, a random 90-degree in-plane turn
+    (when the patch is square in-plane), applied alike to the CT patch and its mask."""
+    hu = hu * rng.uniform(0.95, 1.05) + rng.uniform(-30.0, 30.0)
+    if rng.random() < 0.5:
+        hu, m = hu[:, :, ::-1], m[:, :, ::-1]
+    if rng.random() < 0.5:
+        hu, m = hu[:, ::-1, :], m[:, ::-1, :]
+    k = int(rng.integers(4))
+    if k and hu.shape[1] == hu.shape[2]:
+        hu, m = np.rot90(hu, k, axes=(1, 2)), np.rot90(m, k, axes=(1, 2))
+    return hu, m
 
 
 def batch(cases: Sequence[dict[str, Any]], rng: np.random.Generator, n: int, patch: Sequence[int] = PATCH):
@@ -166,15 +173,7 @@ def scan_windows(lidc_dir: str, split: str, n_scans: int, rng: np.random.Generat
 
 def window_sample(w: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A scan window with the crops' augmentation (flips, 90-degree turns, HU scale/offset)."""
-    hu, m = w["hu"].astype(np.float32), w["mask"]
-    hu = hu * rng.uniform(0.95, 1.05) + rng.uniform(-30.0, 30.0)
-    if rng.random() < 0.5:
-        hu, m = hu[:, :, ::-1], m[:, :, ::-1]
-    if rng.random() < 0.5:
-        hu, m = hu[:, ::-1, :], m[:, ::-1, :]
-    k = int(rng.integers(4))
-    if k and hu.shape[1] == hu.shape[2]:
-        hu, m = np.rot90(hu, k, axes=(1, 2)), np.rot90(m, k, axes=(1, 2))
+    hu, m = augment_pair(w["hu"].astype(np.float32), w["mask"], rng)
     return np.ascontiguousarray(to_work(hu)), np.ascontiguousarray(m)
 
 
@@ -293,6 +292,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--gen-hp", default="", help="JSON overriding the generator hyper-parameters")
     ap.add_argument("--critic-hp", default="", help="JSON overriding the critic hyper-parameters")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adv-weight", type=float, default=0.1, help="weight of the adversarial term (seed: 0.1)")
     ap.add_argument("--init", default="", help="folder of an earlier run to continue from (generator, critic)")
     ap.add_argument("--scan-windows", type=int, default=0,
                     help="also train on windows of N chest CTs with blended train-split nodules (half of each batch); "
@@ -393,7 +393,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for p in D.parameters():
             p.requires_grad_(False)
         z = G.residual(x) + x
-        lg, terms = generator_loss(D, x, m, z)
+        lg, terms = generator_loss(D, x, m, z, adv_weight=args.adv_weight)
         opt_g.zero_grad(set_to_none=True)
         lg.backward()
         opt_g.step()

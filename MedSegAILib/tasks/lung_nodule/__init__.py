@@ -79,7 +79,7 @@ class LungNoduleConfig:
     #: statistics depend on the window's content, so windows stay close to the training size)
     window_mm: tuple[float, float, float] = (36.0, 36.0, 32.0)
     max_window_mm: float = 96.0
-    max_proposals: int = 40
+    max_proposals: int = 30
     point_search_mm: float = 5.0  #: single-nodule mode: nearest nodule voxel within this distance of the point
     min_lung_fraction: float = 0.3  #: share of a candidate inside the lung field (juxtapleural ones included)
     #: a candidate larger than this equivalent diameter is not a nodule (a nodule is <= 30 mm by definition; larger

@@ -77,22 +77,12 @@ def working_grid(ct: Volume, grid_mm: float = 2.0) -> Geometry:
 
 
 def _resample_to(vol: Volume, grid: Geometry, interp: str, default: float, out_dtype) -> np.ndarray:
-    import SimpleITK as sitk
+    """``vol`` resampled onto ``grid`` (``"linear"`` or ``"nearest"``), as an array of ``out_dtype``."""
+    from MedSegAILib.core.resample import resample_volume
 
-    from MedSegAILib.core.io import to_sitk
-
-    src = to_sitk(vol)
-    if src.GetPixelID() not in (sitk.sitkFloat32,):
-        src = sitk.Cast(src, sitk.sitkFloat32)
-    f = sitk.ResampleImageFilter()
-    f.SetSize(tuple(int(n) for n in grid.shape[::-1]))
-    f.SetOutputSpacing(tuple(float(s) for s in grid.spacing))
-    f.SetOutputOrigin(tuple(float(o) for o in grid.origin))
-    f.SetOutputDirection(tuple(float(v) for v in np.asarray(grid.direction).ravel()))
-    f.SetInterpolator(sitk.sitkLinear if interp == "linear" else sitk.sitkNearestNeighbor)
-    f.SetDefaultPixelValue(float(default))
-    f.SetOutputPixelType(sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(f.Execute(src)).astype(out_dtype, copy=False)
+    src = vol if interp == "nearest" else vol.with_array(np.asarray(vol.array, np.float32))
+    return resample_volume(src, reference=grid, interpolation=interp, default_value=default,
+                           dtype=out_dtype).array
 
 
 def grid_mm_of(grid: Geometry) -> float:
