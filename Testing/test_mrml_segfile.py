@@ -168,3 +168,19 @@ def test_segmentation_node_with_volume_node_as_reference_geometry(tmp_path):
     assert labelmap.same_geometry(vol, atol=1e-6)
     assert np.array_equal(labelmap.array, demo_result(vol, extras=False, present=(2,)).labelmap.array)
     assert [r.name for r in records] == [lab.name for lab in DEMO_LABELS]
+
+
+def test_result_without_segments_is_written_and_reads_back(tmp_path):
+    """Nothing found (e.g. no lung nodule) is a result: its .seg.nrrd has no segments but keeps the grid."""
+    from MedSegAILib.core.volume import Volume
+    from MedSegAILib.mrml.segfile import read_seg_nrrd, write_seg_nrrd
+    from MedSegAILib.tasks.base import TaskResult
+
+    direction = np.diag([-1.0, 1.0, 1.0])
+    lab = Volume(np.zeros((6, 7, 8), np.uint8), (0.7, 0.8, 2.5), (10.0, -5.0, 3.0), direction, {"is_labelmap": True})
+    res = TaskResult(task_id="lung-nodule", labelmap=lab, labels=[])
+    path = write_seg_nrrd(res, tmp_path / "empty.seg.nrrd")
+    back, records = read_seg_nrrd(path)
+    assert records == []
+    assert not back.array.any()
+    assert back.same_geometry(lab, 1e-4) and back.shape == lab.shape

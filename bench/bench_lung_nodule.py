@@ -174,7 +174,7 @@ def run_speed(args, point_ras: str | None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         peer = ("import sys, time; from MedSegAILib.core.io import read_volume; "
                 "from MedSegAILib.core.resample import resample_volume, grid_for_spacing; "
-                f"v = read_volume({ct!r}); resample_volume(v, grid_for_spacing(v, (1.0, 1.0, 1.0)))")
+                f"v = read_volume({ct!r}); resample_volume(v, reference=grid_for_spacing(v, (1.0, 1.0, 1.0)))")
         out["peer_read_resample_s"], out["peer_peak_gb"] = _child([py, "-c", peer])
         out["whole_scan_s"], out["whole_scan_peak_gb"] = _child(
             [py, "-m", "MedSegAILib.cli", "segment", "--task", "lung-nodule", ct, "-o", f"{tmp}/scan", "-q",
@@ -219,6 +219,8 @@ def main() -> int:
                       f"(threshold {r['threshold']:.3f})")
         if "chosen_fusion_threshold" in d:
             print(f"chosen fusion threshold (val): {d['chosen_fusion_threshold']}")
+        if args.json:  # written now too, so that a failure in the speed part keeps the detection numbers
+            Path(args.json).write_text(json.dumps(report, indent=1, default=float))
     if args.speed:
         point = args.point
         if point is None and report.get("detection", {}).get("details"):

@@ -154,6 +154,10 @@ def write_seg_nrrd(
         raise TypeError(f"write_seg_nrrd: expected a TaskResult or a vtkMRMLSegmentationNode, got {type(result_or_segmentation_node)!r}")
     seg_node.GetSegmentation().SetConversionParameter(GEOMETRY_PARAMETER, _serialized_geometry(ijk_to_ras, shape))
 
+    empty = seg_node.GetSegmentation().GetNumberOfSegments() == 0
+    if empty and not isinstance(result_or_segmentation_node, TaskResult):
+        raise OutputError(f"The segmentation {result_or_segmentation_node.GetName()!r} has no segments; there is "
+                          "nothing to write.")
     storage = slicer.vtkMRMLSegmentationStorageNode()
     scene.AddNode(storage)
     storage.SetCropToMinimumExtent(False)
@@ -165,7 +169,10 @@ def write_seg_nrrd(
     os.close(fd)
     try:
         storage.SetFileName(tmp)
-        if not storage.WriteData(seg_node):
+        if empty:  # a result with nothing found (e.g. no nodule): Slicer's writer refuses a segment-less node
+            _write_segmentless(result_or_segmentation_node.labelmap, tmp,
+                               seg_node.GetSegmentation().GetConversionParameter(GEOMETRY_PARAMETER), compress)
+        elif not storage.WriteData(seg_node):
             raise OutputError(f"Writing {path} failed (Slicer's segmentation writer reported an error; disk full?).")
         try:
             os.replace(tmp, path)
@@ -175,6 +182,26 @@ def write_seg_nrrd(
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _write_segmentless(labelmap: Volume, path: str, geometry: str, compress: bool) -> None:
+    """A ``.seg.nrrd`` without segments, in the layout Slicer's segmentation storage node reads: an all-zero
+    label volume on the result's grid with the segmentation header fields and the reference image geometry (Slicer's
+    own writer refuses a segmentation without segments)."""
+    import SimpleITK as sitk
+
+    from MedSegAILib.core.io import to_sitk
+
+    img = to_sitk(labelmap.with_array(np.zeros(labelmap.shape, np.uint8)))
+    img.SetMetaData("Segmentation_MasterRepresentation", BINARY_LABELMAP)
+    img.SetMetaData("Segmentation_ContainedRepresentationNames", BINARY_LABELMAP + "|")
+    img.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    img.SetMetaData("Segmentation_ConversionParameters",
+                    f"{GEOMETRY_PARAMETER}|{geometry}|Image geometry of the segmentation's label maps")
+    try:
+        sitk.WriteImage(img, path, useCompression=bool(compress))
+    except RuntimeError as e:
+        raise OutputError(f"Writing {path} failed: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------- read
