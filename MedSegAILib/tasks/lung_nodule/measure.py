@@ -100,7 +100,7 @@ def measure_nodule(mask: np.ndarray, ct: Volume, nodule_image: np.ndarray, score
     box = bounding_slices(mask, pad=1)
     m = mask[box]
     hu = np.asarray(ct.array)[box][m].astype(np.float64)
-    idx = np.argwhere(mask)
+    idx = np.argwhere(m) + np.array([sl.start for sl in box])  # the box already holds every nodule voxel
     centroid = ct.index_to_lps(idx.mean(0)[::-1][None])[0]
     v = float(len(idx) * ct.voxel_volume_mm3)
     core = ndimage.binary_erosion(m)
