@@ -27,7 +27,8 @@ from MedSegAILib.errors import InputError
 if TYPE_CHECKING:  # torch is imported lazily everywhere
     import torch
 
-    from MedSegAILib.zoo.registry import LoadedModel
+    from MedSegAILib.finetune.adapter import TrainingAdapter
+    from MedSegAILib.zoo.registry import LoadedModel, ModelSpec
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -361,6 +362,14 @@ class Task(abc.ABC):
                     f"Model {model.spec.id!r} calls label {lab.value} {names[lab.value]!r}, but this task writes "
                     f"{lab.name!r}; the model was trained for a different label convention."
                 )
+
+    def training_adapter(self, spec: "ModelSpec") -> "TrainingAdapter":
+        """How the main network of model ``spec`` is trained/fine-tuned on user cases
+        (:class:`MedSegAILib.finetune.adapter.TrainingAdapter`). Tasks that support local training override
+        this; the default refuses clearly."""
+        from MedSegAILib.errors import ModelError
+
+        raise ModelError(f"The {self.title} task does not support local training or fine-tuning yet.")
 
     @abc.abstractmethod
     def run(
