@@ -1,5 +1,6 @@
-"""The ``medsegai`` command: ``segment``, ``models``, ``tasks``, ``demo``, ``drr`` (training pairs from a CT) and
-``evaluate`` (segmentations against references: :mod:`MedSegAILib.evaluation`).
+"""The ``medsegai`` command: ``segment``, ``models`` (list, export, import, delete), ``tasks``, ``demo``, ``drr``
+(training pairs from a CT), ``evaluate`` (segmentations against references: :mod:`MedSegAILib.evaluation`), and
+``train``, ``finetune``, ``rank`` (local training and case ranking: :mod:`MedSegAILib.cli_train`).
 
 It enters the same pipeline as the Slicer GUI and batch script (:func:`MedSegAILib.pipeline.segment`) and
 leaves through the same writers (:mod:`MedSegAILib.outputs`, whose ``.seg.nrrd`` goes through the MRML bridge).
@@ -9,15 +10,19 @@ Exit codes: 0 success, 2 a problem with the input/model/output (message printed)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from MedSegAILib import __version__
 from MedSegAILib.errors import Cancelled, MedSegAIError
+
+if TYPE_CHECKING:
+    from MedSegAILib.engine.progress import CancelToken
 
 DEMO_INPUT = Path(__file__).resolve().parent / "data" / "demo-mpi-spect.nii.gz"
 
@@ -50,6 +55,26 @@ class TerminalProgress:
             self._last_text, self._last_time = text, elapsed
 
 
+@contextlib.contextmanager
+def sigint_cancels(cancel: "CancelToken") -> Iterator[None]:
+    """Within the block, Ctrl+C cancels ``cancel`` (the work stops at its next check) instead of killing."""
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):  # noqa: ANN001, ARG001
+        cancel.cancel()
+        sys.stderr.write("\nCancelling (Ctrl+C)...\n")
+
+    try:
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not in the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def _parse_params(items: Sequence[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -71,8 +96,10 @@ def run_segment(
     overwrite: bool = False,
     quiet: bool = False,
     overlay: bool = True,
+    uncertainty_runs: int = 0,
 ) -> list[Path]:
-    """Read the inputs, segment, write every output; returns the written paths."""
+    """Read the inputs, segment (with ``uncertainty_runs`` perturbed extra runs for an uncertainty map), write
+    every output; returns the written paths."""
     from MedSegAILib.core.io import split_stem
     from MedSegAILib.engine.progress import CancelToken
     from MedSegAILib.errors import InputError
@@ -94,25 +121,18 @@ def run_segment(
     stem = split_stem(input_paths[0])[0]
 
     cancel = CancelToken()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_sigint(signum, frame):  # noqa: ANN001, ARG001
-        cancel.cancel()
-        sys.stderr.write("\nCancelling (Ctrl+C)...\n")
-
-    try:
-        signal.signal(signal.SIGINT, on_sigint)
-    except ValueError:  # not in the main thread
-        previous = None
-    try:
+    with sigint_cancels(cancel):
         progress = TerminalProgress(quiet)
-        result = segment(task_id, inputs, model_id=model_id, device=device, params=params, progress=progress,
-                         cancel=cancel)
+        if uncertainty_runs:
+            from MedSegAILib.uncertainty import segment_with_uncertainty
+
+            result = segment_with_uncertainty(task_id, inputs, runs=uncertainty_runs, model_id=model_id,
+                                              device=device, params=params, progress=progress, cancel=cancel)
+        else:
+            result = segment(task_id, inputs, model_id=model_id, device=device, params=params, progress=progress,
+                             cancel=cancel)
         paths = write_result_files(result, out, stem, image=inputs[task.reference_role] if overlay else None,
                                    overwrite=overwrite, cancel=cancel)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
     if not quiet:
         for msg in result.messages:
             print(f"note: {msg}")
@@ -130,6 +150,18 @@ def run_segment(
 
 def cmd_models(args: argparse.Namespace) -> int:
     from MedSegAILib.zoo.registry import list_models, user_model_dir, user_models
+
+    if args.export or args.import_path or args.delete:
+        from MedSegAILib.finetune import publish
+
+        if args.export:
+            print(f"Exported {args.export} to {publish.export_model(args.export, args.to)}")
+        if args.import_path:
+            spec = publish.import_model(args.import_path)
+            print(f"Imported {spec.key} into {spec.folder}")
+        if args.delete:
+            print(f"Deleted {args.delete} ({publish.delete_model(args.delete)})")
+        return 0
 
     specs = list_models(task=args.task)
     if args.json:
@@ -171,7 +203,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         params["point_ras"] = args.point
     run_segment(args.task, args.inputs, args.output, device=args.device, model_id=args.model,
                 params=params, overwrite=args.overwrite, quiet=args.quiet,
-                overlay=not args.no_overlay)
+                overlay=not args.no_overlay, uncertainty_runs=args.uncertainty)
     return 0
 
 
@@ -343,12 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "--point=R,A,S when R is negative")
     s.add_argument("--overwrite", action="store_true", help="replace existing output files")
     s.add_argument("--no-overlay", action="store_true", help="do not render the overlay picture")
+    s.add_argument("--uncertainty", type=int, default=0, metavar="N",
+                   help="also write an uncertainty map and score from N perturbed extra runs (test-time "
+                        "augmentation; N times slower)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     s.set_defaults(func=cmd_segment)
 
     m = sub.add_parser("models", help="list the models of the zoo and the user model folder")
     m.add_argument("--task", default=None)
     m.add_argument("--json", action="store_true")
+    m.add_argument("--export", metavar="MODEL", default=None, help="export a user model (id or id@version) to --to")
+    m.add_argument("--to", metavar="PATH", default=".", help="file or folder for --export (default: here)")
+    m.add_argument("--import", dest="import_path", metavar="FILE", default=None,
+                   help="install an exported model (.medsegai-model.zip) into the user model folder")
+    m.add_argument("--delete", metavar="MODEL", default=None, help="delete a user model (id@version)")
     m.set_defaults(func=cmd_models)
 
     t = sub.add_parser("tasks", help="list the tasks")
@@ -403,6 +443,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--strict", action="store_true", help="exit with 2 when a case is unpaired or cannot be evaluated")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress or summary table")
     e.set_defaults(func=cmd_evaluate)
+
+    from MedSegAILib.cli_train import add_training_commands
+
+    add_training_commands(sub)
     return p
 
 

@@ -127,7 +127,7 @@ def _grid_text(v: Volume) -> str:
     return f"{'x'.join(str(n) for n in v.size_ijk)} voxels of {' x '.join(f'{s:.3g}' for s in v.spacing)} mm"
 
 
-def _onto_reference(pred: Volume, ref: Volume) -> tuple[np.ndarray, float]:
+def onto_reference(pred: Volume, ref: Volume) -> tuple[np.ndarray, float]:
     """The prediction's labels on the reference grid (nearest neighbour) and the fraction of reference voxels that
     lie inside the prediction's grid. The labels are shifted by +1 before resampling so that the resampler's
     outside value 0 tells "outside the grid" apart from "background"."""
@@ -165,7 +165,7 @@ def evaluate_pair(
     rarr = integer_labels(ref, f"The reference of {case}")
     resampled, coverage = False, 1.0
     if not pred.same_geometry(ref, GEOMETRY_TOL_MM):
-        parr, coverage = _onto_reference(pred.with_array(parr), ref)
+        parr, coverage = onto_reference(pred.with_array(parr), ref)
         if coverage == 0.0:
             raise InputError(f"{case}: the prediction and the reference do not overlap in space (prediction "
                              f"{_extent_text(pred)}; reference {_extent_text(ref)}). Were they made on the same "

@@ -122,7 +122,7 @@ def centre_of_mask(labels: Volume) -> Optional[np.ndarray]:
     if idx.size == 0:
         return None
     kji = idx.mean(axis=0)
-    return labels.index_to_lps(kji[::-1])
+    return labels.index_to_lps(kji[::-1])[0]
 
 
 def crop_or_pad(x: np.ndarray, y: np.ndarray, patch: Sequence[int], rng: Optional[np.random.Generator],

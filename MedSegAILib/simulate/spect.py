@@ -498,6 +498,7 @@ def simulate_spect(
     orientation: str = "mixed",
     shape: Optional[int] = None,
     defects: Optional[bool] = None,
+    acquisition: Optional[dict[str, float]] = None,
 ) -> tuple[Volume, Volume, dict[str, Any]]:
     """Simulate one myocardial-perfusion SPECT study.
 
@@ -511,6 +512,9 @@ def simulate_spect(
     orientation: LV orientation, ``"typical"``, ``"random"`` or ``"mixed"`` (80/20).
     shape: force a cubic grid of ``shape`` voxels per side.
     defects: force perfusion defects on (True) / off (False).
+    acquisition: override the drawn acquisition — ``system_fwhm_mm`` (default U(10, 16)), ``filter_fwhm_mm``
+        (U(4, 9)), ``counts_per_ml`` (log-uniform 300-3000) — to simulate another camera or count level (a shifted
+        domain for fine-tuning); the values are drawn anyway, so the rest of the case is the same.
 
     Returns
     -------
@@ -533,6 +537,13 @@ def simulate_spect(
     filter_fwhm = float(rng.uniform(4.0, 9.0))
     counts_per_ml = float(np.exp(rng.uniform(np.log(300.0), np.log(3000.0))))
     scale = float(10 ** rng.uniform(-1.0, 3.0))
+    if acquisition:
+        unknown = set(acquisition) - {"system_fwhm_mm", "filter_fwhm_mm", "counts_per_ml"}
+        if unknown:
+            raise ValueError(f"unknown acquisition setting(s) {sorted(unknown)}")
+        system_fwhm = float(acquisition.get("system_fwhm_mm", system_fwhm))
+        filter_fwhm = float(acquisition.get("filter_fwhm_mm", filter_fwhm))
+        counts_per_ml = float(acquisition.get("counts_per_ml", counts_per_ml))
 
     # simulation grid: native grid, sub-divided m times per axis when the voxels are coarse, plus a margin
     sp = np.asarray(geom.spacing)

@@ -39,7 +39,7 @@ class TrainResult:
     best_metric: float
     best_epoch: int
     history: list[EpochRecord] = field(default_factory=list)
-    stopped_by: str = "epochs"  #: "epochs", "time" or "cancel"
+    stopped_by: str = "epochs"  #: "epochs", "time", "early stop" or "cancel"
     best_state: Optional[dict[str, Any]] = None  #: state dict of the best epoch (CPU tensors)
 
     def history_dicts(self) -> list[dict[str, Any]]:
@@ -78,6 +78,11 @@ def train(
     checkpoint_path: Optional[Union[str, Path]] = None,
     log: Optional[Callable[[str], None]] = None,
     grad_clip: Optional[float] = None,
+    amp: bool = False,
+    patience: Optional[int] = None,
+    baseline: Optional[float] = None,
+    on_epoch: Optional[Callable[[EpochRecord], None]] = None,
+    return_on_cancel: bool = False,
 ) -> TrainResult:
     """Train ``model`` and return the history; the model ends up holding the **best** weights.
 
@@ -94,8 +99,16 @@ def train(
     scheduler: stepped once per *epoch* (after validation) when given.
     checkpoint_path: when given, the best state dict is also written there (``torch.save``) each time the
         metric improves.
-    cancel: checked before every batch; raises :class:`MedSegAILib.errors.Cancelled`.
+    cancel: checked before every batch; raises :class:`MedSegAILib.errors.Cancelled` — or, with
+        ``return_on_cancel``, ends training there and returns (``stopped_by == "cancel"``) with the best state so far.
+    amp: mixed precision (float16 autocast + gradient scaling) when ``device`` is CUDA; ignored elsewhere.
+    patience: early stopping — stop after this many epochs without a better validation metric.
+    baseline: the metric to beat (e.g. the model's score before fine-tuning); epochs that do not beat it are never
+        kept, so ``best_state`` stays None when training never improves on it.
+    on_epoch: called with each :class:`EpochRecord` as it is made (live plots).
     """
+    from MedSegAILib.errors import Cancelled
+
     import torch
 
     cancel = cancel or CancelToken()
@@ -104,38 +117,59 @@ def train(
     device = torch.device(device)
     model.to(device)
     start = time.monotonic()
-    result = TrainResult(best_metric=-math.inf, best_epoch=-1)
+    result = TrainResult(best_metric=-math.inf if baseline is None else float(baseline), best_epoch=-1)
     steps_total = 0
+    use_amp = bool(amp) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    since_best = 0
 
     def over_budget(factor: float = 1.0) -> bool:
         return time_budget_s is not None and time.monotonic() - start > factor * time_budget_s
 
     for epoch in range(epochs):
-        cancel.check()
         model.train()
         running, n = 0.0, 0
-        for batch in _iterate(train_data):
+        try:
             cancel.check()
-            inputs, targets = _to_device(batch[0], device), _to_device(batch[1], device)
-            optimizer.zero_grad(set_to_none=True)
-            outputs = model(inputs)
-            loss = loss_fn(outputs, targets)
-            loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            running += float(loss.detach())
-            n += 1
-            steps_total += 1
-            if over_budget(1.1):
-                break
+            for batch in _iterate(train_data):
+                cancel.check()
+                inputs, targets = _to_device(batch[0], device), _to_device(batch[1], device)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    outputs = model(inputs)
+                    loss = loss_fn(outputs, targets)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    if grad_clip:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    if grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    optimizer.step()
+                running += float(loss.detach())
+                n += 1
+                steps_total += 1
+                if over_budget(1.1):
+                    break
+        except Cancelled:
+            if not return_on_cancel:
+                raise
+            result.stopped_by = "cancel"
+            break
         metric: Optional[float] = None
         if val_metric is not None:
             model.eval()
             with torch.no_grad():
                 metric = float(val_metric(model))
         score = metric if metric is not None else float(epoch)
+        if not math.isfinite(running):
+            score = -math.inf  # a diverged epoch is never kept
         if score > result.best_metric:
+            since_best = 0
             result.best_metric, result.best_epoch = score, epoch
             result.best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
             if checkpoint_path is not None:
@@ -143,6 +177,10 @@ def train(
         lr = float(optimizer.param_groups[0]["lr"])
         rec = EpochRecord(epoch, running / max(n, 1), metric, lr, time.monotonic() - start, steps_total)
         result.history.append(rec)
+        if on_epoch is not None:
+            on_epoch(rec)
+        if score <= result.best_metric and result.best_epoch != epoch:
+            since_best += 1
         log(f"epoch {epoch:3d}  loss {rec.train_loss:.4f}  val {metric if metric is None else round(metric, 4)}  "
             f"lr {lr:.2e}  t {rec.seconds:.0f}s")
         if time_budget_s is not None:
@@ -155,6 +193,9 @@ def train(
             scheduler.step()
         if over_budget():
             result.stopped_by = "time"
+            break
+        if patience is not None and val_metric is not None and since_best >= patience:
+            result.stopped_by = "early stop"
             break
     if result.best_state is not None:
         model.load_state_dict(copy.deepcopy(result.best_state))

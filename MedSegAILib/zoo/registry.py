@@ -156,6 +156,8 @@ def user_models(folder: Optional[Path] = None) -> tuple[list[ModelSpec], list[st
     if not folder.is_dir():
         return specs, problems
     for mj in sorted(folder.glob("*/model.json")):
+        if mj.parent.name.startswith("."):  # staging/deleting folders of MedSegAILib.finetune.publish
+            continue
         try:
             entry = _read_json(mj)
             validate_manifest({"schema_version": 1, "models": [entry]})

@@ -42,7 +42,8 @@ from MedSegAILib.tasks.base import (
 from MedSegAILib.tasks.mpi_myocardium import preprocess as pp
 
 if TYPE_CHECKING:
-    from MedSegAILib.zoo.registry import LoadedModel
+    from MedSegAILib.finetune.adapter import TrainingAdapter
+    from MedSegAILib.zoo.registry import LoadedModel, ModelSpec
 
 #: Standard terminology of the two labels (SNOMED CT codes), in one place.
 TERMS: dict[str, CodedTerm] = {
@@ -97,6 +98,11 @@ class MyocardiumSPECTTask(Task):
     Parameters = MyocardiumParameters
     labels = (MYOCARDIUM_LABEL, CAVITY_LABEL)
     default_model = "mpi-myocardium-unet3d"
+
+    def training_adapter(self, spec: "ModelSpec") -> "TrainingAdapter":
+        from MedSegAILib.tasks.mpi_myocardium.finetuning import MyocardiumAdapter
+
+        return MyocardiumAdapter(spec)
 
     # ------------------------------------------------------------------------------------------ run
     def run(
