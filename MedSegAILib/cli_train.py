@@ -130,8 +130,12 @@ def cmd_rank(args: argparse.Namespace) -> int:
     with sigint_cancels(cancel):
         ranking = rank_cases(args.task, cases, runs=args.runs, model_id=args.model, device=args.device,
                              progress=TerminalProgress(args.quiet), cancel=cancel)
-    lines = ["rank,case,score,mean_entropy"] + [
-        f"{i + 1},{r['name']},{r['score']:.4f},{r['mean_entropy']:.4f}" for i, r in enumerate(ranking)]
+    def num(v: Any) -> str:
+        return "" if v is None else f"{float(v):.4f}"
+
+    lines = ["rank,case,score,mean_entropy,error"] + [
+        f"{i + 1},{r['name']},{num(r['score'])},{num(r.get('mean_entropy'))},\"{r.get('error') or ''}\""
+        for i, r in enumerate(ranking)]
     print("\n".join(lines))
     if args.output:
         Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -18,9 +18,10 @@
 Validation Dice is computed on the network's grid (the samples), per foreground class present in the truth or the
 prediction, averaged over classes and samples.
 
-Normalisation statistics: when fine-tuning, batch-norm layers keep the base model's running statistics (a batch
-of 2 patches would otherwise overwrite statistics learned from hundreds of cases); training from scratch updates
-them.
+Normalisation statistics: when fine-tuning, batch-norm layers keep fixed running statistics during training (a
+batch of 2 patches would otherwise overwrite statistics learned from hundreds of cases): the base model's, or —
+when re-estimating them once on the training cases (:func:`recalibrate_norms`, ``adapt_norm``) raises validation
+Dice, as it does for another camera or count level — the re-estimated ones. Training from scratch updates them.
 
 Out of memory on a GPU: the run restarts from the starting weights with half the batch, down to one; then on the
 CPU; each fall-back is reported in :attr:`TrainingRun.messages`.
@@ -66,6 +67,9 @@ class FinetuneOptions:
     from_scratch: bool = False  #: re-initialise the network instead of starting from the model's weights
     amp: bool = True  #: mixed precision on CUDA
     keep_if_worse: bool = False  #: publish even when validation Dice did not improve
+    #: fine-tuning a batch-norm network: first re-estimate its normalisation statistics on the training cases and
+    #: keep them when validation Dice improves (adapts to another scanner/protocol at no training cost)
+    adapt_norm: bool = True
 
     def validate(self) -> "FinetuneOptions":
         if self.epochs < 1:
@@ -221,6 +225,36 @@ class _Trainee:
         return Trainee()
 
 
+def _batch_norms(net: "torch.nn.Module") -> list[Any]:
+    import torch
+
+    return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def recalibrate_norms(adapter: TrainingAdapter, net: "torch.nn.Module", samples: Sequence[Sample],
+                      device: "torch.device") -> None:
+    """Re-estimate batch-norm running statistics on ``samples`` (each whole, as validation sees it): cumulative
+    means over all samples, no gradient, weights untouched — the statistics of the user's scanner/protocol
+    instead of the training data's."""
+    import torch
+
+    norms = _batch_norms(net)
+    saved = [(m.momentum, m.training) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+        m.train()
+    try:
+        with torch.no_grad():
+            for s in samples:
+                xp, _ = _padded(s.x, s.y, adapter.divisor, adapter.pad_value)
+                adapter.forward(net, torch.from_numpy(np.ascontiguousarray(xp[None])).to(device))
+    finally:
+        for m, (momentum, training) in zip(norms, saved):
+            m.momentum = momentum
+            m.train(training)
+
+
 class _CosineLR:
     """``lr0 x (0.05 + 0.95 x 0.5 (1 + cos(pi f)))`` with ``f`` the larger of the epoch fraction and the time
     fraction, updated before every batch (so a time budget and an epoch count both end at 5 % of ``lr0``)."""
@@ -264,8 +298,20 @@ def _train_once(adapter: TrainingAdapter, start_state: dict[str, Any], build: Ca
     trainee = _Trainee(adapter, net, freeze_norm=not opts.from_scratch)
     rng = np.random.default_rng(opts.seed)
     before = validation_dice(adapter, net, val_s, device) if use_val and val_s else None
+    start: Optional[tuple[float, dict[str, Any]]] = None  #: (validation Dice, state) of an adapted start
     if before is not None:
         log(f"validation Dice before training: {before:.4f} ({len(val_s)} samples)")
+        if opts.adapt_norm and not opts.from_scratch and _batch_norms(net):
+            kept = copy.deepcopy(net.state_dict())
+            recalibrate_norms(adapter, net, train_s, device)
+            adapted = validation_dice(adapter, net, val_s, device)
+            if adapted > before:
+                start = (adapted, copy.deepcopy(net.state_dict()))
+                log(f"normalisation statistics re-estimated on the training cases: validation Dice {before:.4f} -> "
+                    f"{adapted:.4f}; training starts from there")
+            else:
+                net.load_state_dict(kept)
+                log(f"re-estimated normalisation statistics did not help ({adapted:.4f}); kept the model's own")
     steps = opts.steps_per_epoch or max(8, math.ceil(len(train_s) / batch))
     lr0 = opts.lr or (1e-3 if opts.from_scratch else 3e-4)
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr0, weight_decay=1e-5)
@@ -279,6 +325,11 @@ def _train_once(adapter: TrainingAdapter, start_state: dict[str, Any], build: Ca
                 return_on_cancel=True)
     if res.best_state is not None:
         res.best_state = {k[len("net."):]: v for k, v in res.best_state.items() if k.startswith("net.")}
+    if start is not None and (res.best_state is None or res.best_metric < start[0]):
+        log(f"no trained epoch beat the re-estimated statistics alone ({start[0]:.4f}); those are the result")
+        res.best_metric = start[0]
+        res.best_state = {k: v.detach().cpu().clone() for k, v in start[1].items()}
+        res.best_epoch = -1
     after = res.best_metric if (metric is not None and res.best_state is not None) else None
     return res, before, after
 

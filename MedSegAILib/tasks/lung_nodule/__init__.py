@@ -143,6 +143,13 @@ class LungNoduleTask(Task):
     labels = ()  # one label per nodule found: "Lung nodule 1", "Lung nodule 2", ...
     default_model = "lung-nodule-lnhg"
 
+    def training_adapter(self, spec: Any) -> Any:
+        """Fine-tuning of the LNHG generator on nodule masks (any non-zero label = nodule):
+        :class:`MedSegAILib.tasks.lung_nodule.finetuning.LungGeneratorAdapter`."""
+        from MedSegAILib.tasks.lung_nodule.finetuning import LungGeneratorAdapter
+
+        return LungGeneratorAdapter(spec)
+
     # ------------------------------------------------------------------------------------------ checks
     def validate_inputs(self, inputs: Mapping[str, Volume]) -> None:
         from MedSegAILib.core.validate import check_ct_hu
