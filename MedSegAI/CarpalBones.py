@@ -67,4 +67,5 @@ class CarpalBonesTest(MedSegAITestBase):
         self.assertGreaterEqual(len(dices), 8, "fewer than 8 bones in the simulated view")
         self.assertGreaterEqual(float(np.mean(dices)), self.MIN_MEAN_DICE,
                                 f"mean per-bone Dice {np.mean(dices):.3f} < {self.MIN_MEAN_DICE}")
+        self.finetuneSmokeTest(logic, {logic.task.reference_role: inputNode}, segmentationNode)
         self.delayDisplay("Test passed")

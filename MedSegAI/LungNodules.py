@@ -152,4 +152,5 @@ class LungNodulesTest(MedSegAITestBase):
         pointNode, _nodes = logic.process({logic.task.reference_role: inputNode}, params=params, device="auto")
         d = self.dice(self.segmentArray(pointNode, "Lung nodule 1", inputNode), truth.array == 1)
         self.assertGreaterEqual(d, self.MIN_DICE, f"single-nodule Dice {d:.3f} < {self.MIN_DICE}")
+        self.finetuneSmokeTest(logic, {logic.task.reference_role: inputNode}, segmentationNode)
         self.delayDisplay("Test passed")

@@ -55,4 +55,5 @@ class MyocardiumSPECTTest(MedSegAITestBase):
         for name, value in (("Left ventricle myocardium", MYOCARDIUM), ("Left ventricle cavity", CAVITY)):
             dice = self.dice(self.segmentArray(segmentationNode, name, inputNode), truth.array == value)
             self.assertGreaterEqual(dice, self.MIN_DICE, f"{name}: Dice {dice:.3f} < {self.MIN_DICE}")
+        self.finetuneSmokeTest(logic, {logic.task.reference_role: inputNode}, segmentationNode)
         self.delayDisplay("Test passed")

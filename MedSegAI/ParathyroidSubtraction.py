@@ -67,4 +67,5 @@ class ParathyroidSubtractionTest(MedSegAITestBase):
         truth_ras = np.array([-1.0, -1.0, 1.0]) * study.adenomas[0].center_lps
         distance = float(np.linalg.norm(top - truth_ras))
         self.assertLess(distance, self.TOLERANCE_MM, f"top focus {distance:.1f} mm from the adenoma")
+        self.finetuneSmokeTest(logic, {"sestamibi": tcNode, "iodine": iodineNode}, segmentationNode)
         self.delayDisplay("Test passed")

@@ -133,4 +133,5 @@ class ParotidSegmentationTest(MedSegAITestBase):
         evaluation = logic.evaluate(segmentationNode, referenceNode, inputNode, caseName="case 1")
         self.assertIsNotNone(evaluation.caseTable)
         self.assertGreaterEqual(min(evaluation.metrics.dice.values()), self.MIN_DICE)
+        self.finetuneSmokeTest(logic, {logic.task.reference_role: inputNode}, segmentationNode)
         self.delayDisplay("Test passed")

@@ -374,6 +374,71 @@ def check_thin_layer(root: Path) -> list[str]:
     return problems
 
 
+#: the Fine-tune section shared by every module: its panel, its .ui, and the widgets the panel must bind (class)
+FINETUNE_PANEL = "MedSegAICommon/finetunePanel.py"
+FINETUNE_UI = "Resources/UI/MedSegAIFinetune.ui"
+FINETUNE_WIDGETS = {
+    "finetuneCollapsibleButton": "ctkCollapsibleButton", "pairsTableWidget": "QTableWidget",
+    "addPairButton": "QPushButton", "removePairButton": "QPushButton", "findPairsButton": "QPushButton",
+    "epochsSpinBox": "QSpinBox", "minutesSpinBox": "QDoubleSpinBox", "learningRateSpinBox": "QDoubleSpinBox",
+    "validationShareSpinBox": "QSpinBox", "augmentCheckBox": "QCheckBox", "modelNameLineEdit": "QLineEdit",
+    "finetuneButton": "QPushButton", "stopButton": "QPushButton", "finetuneStatusLabel": "QLabel",
+    "summaryLabel": "QLabel", "exportModelButton": "QPushButton", "importModelButton": "QPushButton",
+    "deleteModelButton": "QPushButton", "uncertaintyCheckBox": "QCheckBox", "uncertaintyRunsSpinBox": "QSpinBox",
+}
+
+
+def _calls(tree: ast.AST, name: str) -> bool:
+    return any(isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", "")) == name
+               for n in ast.walk(tree))
+
+
+def check_finetune_panel(root: Path) -> list[str]:
+    """The Fine-tune section: the panel binds only names of its own .ui, the .ui has the widgets the issue asks
+    for, the panel imports no image-processing library even inside functions (it only binds; the work is in
+    MedSegAILib), the shared widget creates it (so every module has it), and CMake installs both files."""
+    problems = []
+    panel, ui = ext_dir(root) / FINETUNE_PANEL, ext_dir(root) / FINETUNE_UI
+    for path in (panel, ui):
+        if not path.is_file():
+            return [f"MedSegAI/{path.relative_to(ext_dir(root)).as_posix()} is missing"]
+    tree = ast.parse(panel.read_text(encoding="utf-8"))
+    sources = ui_files_for(root, panel, tree)
+    if sources != [ui]:
+        problems.append(f"{FINETUNE_PANEL} must take its self.ui from {ui.name} only; found {[p.name for p in sources]}")
+    try:
+        widgets = {w.get("name"): w.get("class") for w in ET.parse(ui).iter("widget")}
+    except ET.ParseError as exc:
+        return problems + [f"{ui.name} is not well-formed XML: {exc}"]
+    uses = ui_attribute_uses(tree)
+    problems += [f"{FINETUNE_PANEL}:{line}: self.ui.{name} is not an object in {ui.name}"
+                 for name, line in sorted(uses.items()) if name not in widgets]
+    for name, cls in FINETUNE_WIDGETS.items():
+        if widgets.get(name) != cls:
+            problems.append(f"{ui.name}: needs a {cls} named {name!r} (found {widgets.get(name)})")
+        elif name not in uses and cls != "ctkCollapsibleButton":  # the section itself needs no binding
+            problems.append(f"{FINETUNE_PANEL} never binds self.ui.{name}")
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name.split(".")[0] for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module.split(".")[0]]
+        problems += [f"{FINETUNE_PANEL}:{node.lineno}: imports {n}; the panel only binds widgets (the work belongs "
+                     "in MedSegAILib)" for n in names if n in HEAVY_IMPORTS]
+    base = ext_dir(root) / "MedSegAICommon" / "widgetBase.py"
+    if not _calls(ast.parse(base.read_text(encoding="utf-8")), "FinetunePanel"):
+        problems.append("MedSegAICommon/widgetBase.py does not create the FinetunePanel: modules would lack the "
+                        "Fine-tune section")
+    text = (ext_dir(root) / "CMakeLists.txt").read_text()
+    keywords = {"NAME", "SCRIPTS", "RESOURCES", "WITH_GENERIC_TESTS", "WITH_SUBDIR", "VERBOSE"}
+    resources = {v for args in macro_arguments(text, "slicerMacroBuildScriptedModule")
+                 for v in keyword_values(args, "RESOURCES", keywords)}
+    if FINETUNE_UI not in resources:
+        problems.append(f"MedSegAI/CMakeLists.txt does not install {FINETUNE_UI} (RESOURCES)")
+    return problems
+
+
 _CMAKE_STUBS = r"""
 cmake_minimum_required(VERSION 3.16)
 project(MedSegAIStubBuild NONE)
@@ -483,6 +548,10 @@ def test_widget_layer_is_thin():
     assert check_thin_layer(ROOT) == []
 
 
+def test_finetune_panel_binds_its_ui_and_stays_thin():
+    assert check_finetune_panel(ROOT) == []
+
+
 # ============================================================================================ the checks can fail
 @pytest.fixture
 def broken(tmp_path):
@@ -566,6 +635,23 @@ def test_requirements_check_can_fail(broken):
     req = broken / "MedSegAI" / "Resources" / "requirements.txt"
     req.write_text(req.read_text() + "numpy>=2\nSimpleITK\n")
     assert {"numpy", "simpleitk"} <= {p.split("list ")[1].split(":")[0] for p in check_requirements(broken)}
+
+
+def test_finetune_panel_check_can_fail(broken):
+    ui = broken / "MedSegAI" / FINETUNE_UI
+    panel = broken / "MedSegAI" / FINETUNE_PANEL
+    _edit(ui, 'name="stopButton"', 'name="haltButton"')
+    problems = check_finetune_panel(broken)
+    assert any("self.ui.stopButton is not an object" in p for p in problems), problems
+    assert any("QPushButton named 'stopButton'" in p for p in problems), problems
+    shutil.copy(ROOT / "MedSegAI" / FINETUNE_UI, ui)
+    _edit(panel, "    def _options(self):\n", "    def _options(self):\n        import torch  # noqa\n")
+    assert any("imports torch" in p for p in check_finetune_panel(broken))
+    shutil.copy(ROOT / "MedSegAI" / FINETUNE_PANEL, panel)
+    _edit(broken / "MedSegAI" / "MedSegAICommon" / "widgetBase.py", "FinetunePanel(self)", "None")
+    assert any("does not create the FinetunePanel" in p for p in check_finetune_panel(broken))
+    _edit(broken / "MedSegAI" / "CMakeLists.txt", f"    {FINETUNE_UI}\n", "")
+    assert any(f"does not install {FINETUNE_UI}" in p for p in check_finetune_panel(broken))
 
 
 def test_thin_layer_check_can_fail(broken):
@@ -703,6 +789,7 @@ def check_cmake_layout(root: Path, work: Path) -> list[str]:
         if not any(Path(t).name == f"{module}.py" and Path(t).is_absolute() and Path(t).is_file() for t in tests):
             problems.append(f"no slicer_add_python_unittest(SCRIPT <absolute path of {module}.py>)")
     for needed in ("MedSegAICommon/__init__.py", "MedSegAICommon/widgetBase.py", "Resources/UI/MedSegAIBase.ui",
+                   "MedSegAICommon/finetunePanel.py", FINETUNE_UI,
                    "Resources/requirements.txt", "Scripts/MedSegAIBatch.py", "MedSegAILib/__init__.py",
                    "MedSegAILib/pipeline.py", "MedSegAILib/zoo/manifest.json"):
         if needed not in copies:

@@ -61,6 +61,13 @@ class MedSegAIModuleBase(ScriptedLoadableModule):
             "<p>Pick the input, a model (the task's default model is used when none is chosen) and a device, then"
             " click <b>Segment</b>. The work runs in the background: <b>Cancel</b> stops it and leaves the scene"
             " unchanged. Models found in the <b>user model folder</b> are listed beside the bundled ones.</p>"
+            "<p><b>Fine-tune</b>: correct results in the Segment Editor, list the cases (a result is listed"
+            " automatically, and its model output is kept to report how much you corrected), and click"
+            " <b>Fine-tune</b>: the selected model is trained further in the background, with the loss and the"
+            " validation Dice plotted live; the result is a new model version in the user model folder (the base"
+            " model is never changed), selected at once. <b>Stop</b> asks whether to keep the best model so far."
+            " Models can be exported, imported and deleted there; the <i>uncertainty map</i> option shows which"
+            " cases to correct first.</p>"
             '<p>See the <a href="{homepage}">MedSegAI documentation</a>.</p>'
         ).format(homepage=HOMEPAGE)
         self.parent.acknowledgementText = acknowledgementText or _(
@@ -133,9 +140,20 @@ class MedSegAIModuleLogic(ScriptedLoadableModuleLogic):
         """Main thread: volume nodes -> ``{role: Volume}`` (copies; the worker never touches MRML)."""
         return self.sceneLogic.prepare(scene or slicer.mrmlScene, inputNodes, self.TASK_ID)
 
-    def runPipeline(self, inputs: dict, modelId=None, device="auto", params=None, progress=None, cancel=None):
+    def runPipeline(self, inputs: dict, modelId=None, device="auto", params=None, progress=None, cancel=None,
+                    uncertaintyRuns: int = 0):
         """Any thread: the computation (``MedSegAILib.pipeline.segment``), exactly as the CLI and the batch
-        script run it. Touches no scene."""
+        script run it. Touches no scene.
+
+        ``uncertaintyRuns`` > 0: ``MedSegAILib.uncertainty.segment_with_uncertainty`` instead (the same result plus
+        an uncertainty map and score from that many perturbed runs; the Fine-tune section's case-ranking option).
+        """
+        if uncertaintyRuns and uncertaintyRuns > 0:
+            from MedSegAILib.uncertainty import segment_with_uncertainty
+
+            return segment_with_uncertainty(self.TASK_ID, dict(inputs), runs=int(uncertaintyRuns),
+                                            model_id=modelId or None, device=device or "auto", params=params,
+                                            progress=progress, cancel=cancel)
         return self.sceneLogic.compute(self.TASK_ID, inputs, model_id=modelId or None, device=device or "auto",
                                        params=params, progress=progress, cancel=cancel)
 
@@ -196,3 +214,65 @@ class MedSegAITestBase(ScriptedLoadableModuleTest):
         from MedSegAILib.metrics import dice
 
         return dice(a, b)
+
+    def finetuneSmokeTest(self, logic, inputNodes: dict, segmentationNode, minutes: float = 0.05, steps: int = 2):
+        """A few fine-tuning steps through the Fine-tune section's code path, on the result the test just made
+        (taken as the "corrected" segmentation): ``case_from_nodes`` -> ``engine.finetune`` in a ``BackgroundRun``
+        with the live ``TrainingPlot`` -> ``publish`` into a temporary user model folder. Checks that the new
+        version is listed and loads and that the base model's weight files are unchanged (checksums), then deletes
+        it. Guarded: one epoch of ``steps`` batches within a ``minutes`` time budget, no validation. A task that
+        cannot be fine-tuned is skipped with a message. Returns the TrainingRun (None when skipped)."""
+        import tempfile
+
+        from MedSegAILib.errors import ModelError
+        from MedSegAILib.finetune.engine import FinetuneOptions, finetune
+        from MedSegAILib.finetune.publish import delete_model, publish
+        from MedSegAILib.mrml.finetune import RecordSlot, TrainingPlot, case_from_nodes
+        from MedSegAILib.zoo.registry import get_model_spec, list_models, load_model, verify_weights
+
+        from MedSegAICommon.worker import BackgroundRun
+
+        task = logic.task
+        if not task.default_model:
+            self.delayDisplay("Fine-tune smoke test skipped: the task has no model.")
+            return None
+        base = get_model_spec(task.default_model, task.id)
+        try:
+            task.training_adapter(base)
+        except ModelError as exc:
+            self.delayDisplay(f"Fine-tune smoke test skipped: {exc}")
+            return None
+        self.delayDisplay(f"Fine-tuning {base.key} for a few steps (smoke test)")
+        case = case_from_nodes(task, inputNodes, segmentationNode, name="self-test case")
+        options = FinetuneOptions(epochs=1, minutes=minutes, val_share=0.0, steps_per_epoch=steps, keep_if_worse=True)
+        slot = RecordSlot()
+        run = BackgroundRun(lambda progress, cancel: finetune(task.id, [case], model=base, options=options,
+                                                              progress=progress, cancel=cancel, on_epoch=slot.put),
+                            name="MedSegAI fine-tune self-test").start()
+        while not run.wait(0.1):
+            slicer.app.processEvents()
+        if run.error is not None:
+            raise run.error
+        result = run.result
+        self.assertGreaterEqual(len(result.history), 1, "no epoch was recorded")
+        plot = TrainingPlot(slicer.mrmlScene, f"{task.title} fine-tuning self-test")
+        self.assertEqual(plot.update(slot.records()), len(result.history))
+        saved = os.environ.get(USER_MODEL_FOLDER_ENV)
+        with tempfile.TemporaryDirectory(prefix="MedSegAI-selftest-") as folder:
+            os.environ[USER_MODEL_FOLDER_ENV] = folder
+            try:
+                spec = publish(result, name="self-test")
+                self.assertIn(spec.key, [s.key for s in list_models(task=task.id)])
+                self.assertEqual(spec.base_model, base.key)
+                load_model(spec, "cpu")
+                verify_weights(base)  # ModelError if a base weight file changed
+                delete_model(spec.key)
+                self.assertNotIn(spec.key, [s.key for s in list_models(task=task.id)])
+            finally:
+                if saved is None:
+                    os.environ.pop(USER_MODEL_FOLDER_ENV, None)
+                else:
+                    os.environ[USER_MODEL_FOLDER_ENV] = saved
+        plot.remove()
+        self.delayDisplay(f"Fine-tune smoke test passed ({len(result.history)} epoch(s), {result.seconds:.1f} s)")
+        return result

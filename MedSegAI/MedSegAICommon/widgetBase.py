@@ -24,6 +24,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from MedSegAICommon import dependencies
+from MedSegAICommon.finetunePanel import FinetunePanel
 from MedSegAICommon.moduleBase import MedSegAIModuleLogic, applyUserModelFolder, userModelFolderSetting
 from MedSegAICommon.taskform import describeParameters, inputKey
 from MedSegAICommon.worker import BackgroundRun
@@ -53,6 +54,7 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runContext = None
         self._pollTimer = None
         self._dependenciesChecked = False
+        self._finetunePanel = None  #: the "Fine-tune" section (MedSegAICommon.finetunePanel)
 
     # =============================================================================================== setup
     def setup(self) -> None:
@@ -97,6 +99,10 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.refreshModelsButton.connect("clicked()", self.refreshModelList)
         self.ui.userModelFolderPathLineEdit.connect("currentPathChanged(QString)", self.onUserModelFolderChanged)
+        try:  # the Fine-tune section, below the common (and task-specific) ones; Segment works without it
+            self._finetunePanel = FinetunePanel(self)
+        except Exception:  # noqa: BLE001 - logged with its traceback
+            logging.exception("MedSegAI: the Fine-tune section could not be created")
 
         self.initializeParameterNode()
         self._setStatus(_("Ready."))
@@ -176,6 +182,8 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._run = None
         if self._pollTimer is not None:
             self._pollTimer.stop()
+        if self._finetunePanel is not None:
+            self._finetunePanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -189,6 +197,8 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         if self._run is not None:  # the inputs are going away: stop, and drop the result
             self._run.cancel()
+        if self._finetunePanel is not None:
+            self._finetunePanel.onSceneStartClose()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -244,13 +254,16 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         running = self._run is not None
+        training = self._finetunePanel is not None and self._finetunePanel.running
         missing = []
         if self._taskParameterNode is not None:
             missing = self.logic.missingInputs(self.logic.inputNodesFromParameterNode(self._taskParameterNode))
-        canApply = self._parameterNode is not None and not missing and not running
+        canApply = self._parameterNode is not None and not missing and not running and not training
         self.ui.segmentButton.enabled = canApply
         if running:
             self.ui.segmentButton.toolTip = _("A segmentation is running.")
+        elif training:
+            self.ui.segmentButton.toolTip = _("Fine-tuning is running; Segment is available again when it ends.")
         elif missing:
             self.ui.segmentButton.toolTip = _("Select the input: {inputs}.").format(inputs=", ".join(missing))
         else:
@@ -319,11 +332,13 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         modelId = self._parameterNode.modelId or None
         device = self._parameterNode.device
+        uncertaintyRuns = self._finetunePanel.uncertaintyRuns() if self._finetunePanel is not None else 0
         logic = self.logic
         self._runContext = {"inputNodes": inputNodes, "outputNode": self._parameterNode.outputSegmentation}
         self._run = BackgroundRun(
             lambda progress, cancel: logic.runPipeline(inputs, modelId=modelId, device=device, params=params,
-                                                       progress=progress, cancel=cancel),
+                                                       progress=progress, cancel=cancel,
+                                                       uncertaintyRuns=uncertaintyRuns),
             name=self.moduleName,
         ).start()
         self._setRunning(True)
@@ -378,6 +393,9 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if self._parameterNode is not None:
             self._parameterNode.outputSegmentation = segmentationNode
+        if self._finetunePanel is not None:  # the result's label map is the original output for fine-tuning
+            self._finetunePanel.onResultPublished(context["inputNodes"], referenceNode, segmentationNode,
+                                                  result.labelmap)
         self._showResult(referenceNode, segmentationNode)
         self.ui.progressBar.value = 100
         lines = [_("Done in {seconds:.1f} s.").format(seconds=run.elapsedSeconds)] + list(messages)
@@ -400,6 +418,8 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if running:
             self.ui.progressBar.value = 0
         self._checkCanApply()
+        if self._finetunePanel is not None:
+            self._finetunePanel.updateButtons()
 
     # =============================================================================================== messages
     def _setStatus(self, text: str, error: bool = False) -> None:
