@@ -315,3 +315,16 @@ def test_tasks_without_training_refuse_clearly():
 
     with pytest.raises(ModelError, match="does not support local training"):
         Dummy().training_adapter(None)
+
+
+def test_foreground_biased_crops_contain_the_structure():
+    from MedSegAILib.finetune.adapter import crop_or_pad
+
+    x = np.zeros((1, 40, 80, 80), np.float32)
+    y = np.zeros((40, 80, 80), np.int64)
+    y[30:32, 70:72, 3:5] = 1
+    rng = np.random.default_rng(0)
+    hits = [crop_or_pad(x, y, (16, 16, 16), rng, around=(31, 70, 4))[1].any() for _ in range(50)]
+    assert all(hits)
+    blind = [crop_or_pad(x, y, (16, 16, 16), rng)[1].any() for _ in range(50)]
+    assert sum(blind) < 25

@@ -59,6 +59,9 @@ class TrainingAdapter:
     pad_value: float = 0.0
     #: spatial sizes of the network input must be multiples of this (2 ** levels)
     divisor: int = 8
+    #: share of training patches placed so that they contain a random labelled voxel (the rest anywhere in the
+    #: sample): structures small against the sample are then seen in most batches
+    foreground_crop: float = 0.67
     #: default batch size on a CPU / on a GPU
     batch_cpu: int = 2
     batch_gpu: int = 8
@@ -126,16 +129,20 @@ def centre_of_mask(labels: Volume) -> Optional[np.ndarray]:
 
 
 def crop_or_pad(x: np.ndarray, y: np.ndarray, patch: Sequence[int], rng: Optional[np.random.Generator],
-                pad_value: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Crop ``x`` ``(C, *S)`` and ``y`` ``(*S)`` to ``patch`` (random offset with ``rng``, centred without),
-    padding with ``pad_value`` / background where the sample is smaller."""
+                pad_value: float = 0.0, around: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Crop ``x`` ``(C, *S)`` and ``y`` ``(*S)`` to ``patch`` (random offset with ``rng``, centred without;
+    with ``around``, a voxel index, a random offset among those whose crop contains that voxel), padding with
+    ``pad_value`` / background where the sample is smaller."""
     spatial = y.shape
     xo = np.full((x.shape[0],) + tuple(patch), pad_value, np.float32)
     yo = np.zeros(tuple(patch), np.int64)
     src, dst = [], []
-    for n, p in zip(spatial, patch):
+    for ax, (n, p) in enumerate(zip(spatial, patch)):
         if n >= p:
-            s = int(rng.integers(0, n - p + 1)) if rng is not None else (n - p) // 2
+            lo, hi = 0, n - p
+            if around is not None:
+                lo, hi = max(0, int(around[ax]) - p + 1), min(n - p, int(around[ax]))
+            s = int(rng.integers(lo, hi + 1)) if rng is not None else (n - p) // 2
             src.append(slice(s, s + p))
             dst.append(slice(0, p))
         else:

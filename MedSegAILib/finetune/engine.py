@@ -185,14 +185,20 @@ def validation_dice(adapter: TrainingAdapter, net: "torch.nn.Module", samples: S
 
 def batches(adapter: TrainingAdapter, samples: Sequence[Sample], batch: int, steps: int, rng: np.random.Generator,
             augment: bool):
-    """``steps`` batches of random patches (``adapter.patch``) of random training samples, augmented."""
+    """``steps`` batches of random patches (``adapter.patch``) of random training samples, augmented; a share
+    ``adapter.foreground_crop`` of the patches contains a random labelled voxel."""
     import torch
 
     for _ in range(steps):
         xs, ys = [], []
         for i in rng.integers(0, len(samples), batch):
             s = samples[int(i)]
-            x, y = crop_or_pad(s.x, s.y, adapter.patch or s.y.shape, rng, adapter.pad_value)
+            around = None
+            if adapter.patch and rng.random() < adapter.foreground_crop:
+                fg = np.flatnonzero(s.y)
+                if fg.size:
+                    around = np.unravel_index(int(fg[rng.integers(0, fg.size)]), s.y.shape)
+            x, y = crop_or_pad(s.x, s.y, adapter.patch or s.y.shape, rng, adapter.pad_value, around)
             if augment:
                 x, y = adapter.augment(x, y, rng)
             xs.append(np.ascontiguousarray(x, np.float32))

@@ -163,6 +163,14 @@ class CarpalTask(Task):
                              f"needs {len(BONES) + 1} (background + 10 bones).")
         return net, mode, int(model.spec.input.get("size", 256))
 
+    # ------------------------------------------------------------------------------------------ training
+    def training_adapter(self, spec: Any) -> Any:
+        """Fine-tuning of the model's ``segmenter`` on corrected bone masks, with the model's own pre-processing
+        (:class:`MedSegAILib.tasks.carpal.finetuning.CarpalAdapter`)."""
+        from MedSegAILib.tasks.carpal.finetuning import CarpalAdapter
+
+        return CarpalAdapter(spec)
+
     # ------------------------------------------------------------------------------------------ run
     def run(self, inputs: Mapping[str, Volume], params: Any, model: Optional["LoadedModel"],
             ctx: RunContext) -> TaskResult:

@@ -175,6 +175,15 @@ class ParathyroidTask(Task):
             raise ModelError(f"Model {model.spec.id!r} has no 'generator' network; it is not a parathyroid "
                              "subtraction model.")
 
+    # ------------------------------------------------------------------------------------------ training
+    def training_adapter(self, spec: Any) -> Any:
+        """Fine-tuning of the model's NM-USNet ``generator`` on corrected focus masks
+        (:class:`MedSegAILib.tasks.parathyroid.finetuning.ParathyroidAdapter`: the masks constrain the
+        generator's output where the task's focus detection reads it)."""
+        from MedSegAILib.tasks.parathyroid.finetuning import ParathyroidAdapter
+
+        return ParathyroidAdapter(spec)
+
     # ------------------------------------------------------------------------------------------ run
     def run(
         self,

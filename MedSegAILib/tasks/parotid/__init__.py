@@ -112,6 +112,14 @@ class ParotidTask(Task):
                 "not a crop."
             )
 
+    # ------------------------------------------------------------------------------------------ training
+    def training_adapter(self, spec: Any) -> Any:
+        """Fine-tuning of the model's ``segmenter`` on corrected gland masks
+        (:class:`MedSegAILib.tasks.parotid.finetuning.ParotidAdapter`)."""
+        from MedSegAILib.tasks.parotid.finetuning import ParotidAdapter
+
+        return ParotidAdapter(spec)
+
     # ------------------------------------------------------------------------------------------ run
     def run(self, inputs: Mapping[str, Volume], params: Any, model: Optional["LoadedModel"],
             ctx: RunContext) -> TaskResult:
