@@ -28,3 +28,13 @@ def test_data() -> Path:
 def _isolated_user_models(tmp_path_factory, monkeypatch):
     """Every test sees an empty user model folder of its own unless it sets one."""
     monkeypatch.setenv("MEDSEGAI_MODEL_DIR", str(tmp_path_factory.mktemp("user-models")))
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """torch limited to one thread for the test (the CI machine has 2 cores; tests must not fight over them)."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

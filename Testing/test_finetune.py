@@ -24,11 +24,8 @@ TINY_HP = {"in_channels": 1, "out_channels": 3, "features": [2, 4, 8, 8], "level
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread."""
 
 
 def _spect(seed: int, shape: int = 40):

@@ -22,11 +22,8 @@ CROP = "LIDC-IDRI-0027_R_1"  # a solid 10.6 mm nodule (val split; shipped genera
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_torch_thread):
+    """Every test here runs torch on one thread."""
 
 
 @pytest.fixture(scope="module")

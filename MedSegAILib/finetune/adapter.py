@@ -17,6 +17,7 @@ task overrides only what differs (e.g. the lung-nodule generator outputs a nodul
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -117,6 +118,15 @@ class TrainingAdapter:
         for value, channel in self.channel_of_label().items():
             out[labels == value] = channel
         return out
+
+
+@lru_cache(maxsize=None)
+def recipe_defaults(recipe: str) -> Any:
+    """The command-line defaults of training recipe ``MedSegAILib.train.<recipe>`` (its ``parse_args``): one
+    definition of a training patch, shift or tile for the recipe and the fine-tuning adapter."""
+    import importlib
+
+    return importlib.import_module(f"MedSegAILib.train.{recipe}").parse_args(["--out", "-"])
 
 
 def centre_of_mask(labels: Volume) -> Optional[np.ndarray]:

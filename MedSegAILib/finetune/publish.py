@@ -14,6 +14,7 @@ removes the staging folder and leaves the user folder as it was. The base model'
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import json
@@ -23,7 +24,7 @@ import shutil
 import uuid
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 from MedSegAILib.errors import InputError, ModelError
 
@@ -45,6 +46,23 @@ def _disk_error(exc: OSError, folder: Path, what: str) -> ModelError:
         return ModelError(f"Not enough disk space in {folder} to {what}; nothing was written (free some space and "
                           "run again — the fine-tuned weights are still in memory in the GUI until you close it).")
     return ModelError(f"Could not {what} in {folder}: {exc.strerror or exc}; nothing was written.")
+
+
+@contextlib.contextmanager
+def _staged(folder: Path, label: str, what: str, create: bool = True) -> Iterator[Path]:
+    """A hidden staging folder in ``folder`` for the block (which renames it into place); on any failure it is
+    removed, and an ``OSError`` (e.g. a full disk) becomes a clear :class:`ModelError`."""
+    staging = folder / f".staging-{label}-{uuid.uuid4().hex[:8]}"
+    try:
+        if create:
+            staging.mkdir()
+        yield staging
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _disk_error(exc, folder, what) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -191,9 +209,7 @@ def publish(run: "TrainingRun", name: Optional[str] = None, *, folder: Optional[
             "best_epoch": run.best_epoch + 1, "seconds": round(run.seconds, 1), "device": run.device,
             "correction_dice": run.correction_dice, "options": o.as_dict()}},
     })
-    staging = folder / f".staging-{model_id}-{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir()
+    with _staged(folder, model_id, "write the new model") as staging:
         networks: dict[str, Any] = {}
         for net_name, net in base.networks.items():
             dst = staging / f"{net_name}.safetensors"
@@ -215,12 +231,6 @@ def publish(run: "TrainingRun", name: Optional[str] = None, *, folder: Optional[
         verify_weights(_parse_model(entry, staging, "user", str(staging / "model.json")))
         _fsync_tree(staging)
         os.rename(staging, final)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise _disk_error(exc, folder, "write the new model") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return _parse_model(entry, final, "user", str(final / "model.json"))
 
 
@@ -265,8 +275,7 @@ def import_model(path: Union[str, os.PathLike], *, folder: Optional[Path] = None
         raise InputError(f"Not found: {src}.")
     folder = Path(folder) if folder is not None else user_model_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".staging-import-{uuid.uuid4().hex[:8]}"
-    try:
+    with _staged(folder, "import", "import the model", create=False) as staging:
         if src.is_dir():
             shutil.copytree(src, staging)
         else:
@@ -293,12 +302,6 @@ def import_model(path: Union[str, os.PathLike], *, folder: Optional[Path] = None
             raise ModelError(f"{final} already exists; delete it first.")
         _fsync_tree(staging)
         os.rename(staging, final)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise _disk_error(exc, folder, "import the model") from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return _parse_model(entry, final, "user", str(final / "model.json"))
 
 

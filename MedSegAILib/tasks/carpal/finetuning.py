@@ -22,28 +22,19 @@ rescaled one.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from MedSegAILib.core.volume import Volume
 from MedSegAILib.errors import InputError, ModelError
-from MedSegAILib.finetune.adapter import Sample, TrainingAdapter
+from MedSegAILib.finetune.adapter import recipe_defaults, Sample, TrainingAdapter
 
 if TYPE_CHECKING:
     import torch
 
 #: bone label values (the network's output channels 1..10)
 N_BONES = 10
-
-
-@lru_cache(maxsize=1)
-def recipe_defaults() -> Any:
-    """The carpal recipe's command-line defaults (one definition of the training crop)."""
-    from MedSegAILib.train.carpal import parse_args
-
-    return parse_args(["--out", "-"])
 
 
 class CarpalAdapter(TrainingAdapter):
@@ -72,7 +63,7 @@ class CarpalAdapter(TrainingAdapter):
             raise ModelError(f"Model {spec.id!r} does not say which pre-processing it was trained with "
                              f"(input.preprocessing must be one of {list(MODES)}; got {self.mode!r}).")
         self.size = int(spec.input.get("size", 256))
-        crop = min(int(recipe_defaults().crop), self.size)
+        crop = min(int(recipe_defaults("carpal").crop), self.size)
         self.patch = (crop, crop)
         self.divisor = 2 ** int(hp.get("levels", 4))
 

@@ -38,14 +38,13 @@ independently by U(0.9, 1.1). Training tile: the recipe's ``--tile`` (96 px).
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from MedSegAILib.core.volume import Volume
 from MedSegAILib.errors import InputError, ModelError
-from MedSegAILib.finetune.adapter import Sample, TrainingAdapter
+from MedSegAILib.finetune.adapter import recipe_defaults, Sample, TrainingAdapter
 
 if TYPE_CHECKING:
     import torch
@@ -60,14 +59,6 @@ RING_MM = 8.0
 PEAK_MM = 20.0
 #: a region is a focus down to this fraction of its peak (:func:`detect_foci`'s ``region_fraction``)
 REGION_FRACTION = 0.5
-
-
-@lru_cache(maxsize=1)
-def recipe_defaults() -> Any:
-    """The parathyroid recipe's command-line defaults (training tile, residual misregistration)."""
-    from MedSegAILib.train.parathyroid import parse_args
-
-    return parse_args(["--out", "-"])
 
 
 class ParathyroidAdapter(TrainingAdapter):
@@ -95,7 +86,7 @@ class ParathyroidAdapter(TrainingAdapter):
         self.cfg = PreprocessConfig.from_mapping(spec.input)
         self.threshold = float(spec.input.get("detection_threshold", 0.05))
         self.max_foci = int(ParathyroidParameters().max_foci)
-        args = recipe_defaults()
+        args = recipe_defaults("parathyroid")
         self.patch = (int(args.tile), int(args.tile))
         self.misreg_px = float(args.misreg_mm) / self.cfg.pixel_mm
         self.misreg_deg = float(args.misreg_deg)

@@ -26,14 +26,13 @@ mirroring **with the side labels swapped** and a mild HU scale/offset (see :meth
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
 from MedSegAILib.core.volume import Volume
 from MedSegAILib.errors import InputError, ModelError
-from MedSegAILib.finetune.adapter import Sample, TrainingAdapter
+from MedSegAILib.finetune.adapter import recipe_defaults, Sample, TrainingAdapter
 from MedSegAILib.tasks.parotid import preprocess as pp
 
 if TYPE_CHECKING:
@@ -43,14 +42,6 @@ if TYPE_CHECKING:
 MIN_KEPT = 0.8
 #: labels spread over more than this (mm, any axis, before the margin) are not a pair of parotid glands
 MAX_EXTENT_MM = 300.0
-
-
-@lru_cache(maxsize=1)
-def recipe_defaults() -> Any:
-    """The parotid recipe's command-line defaults (one definition of the training window)."""
-    from MedSegAILib.train.parotid import parse_args
-
-    return parse_args(["--out", "-"])
 
 
 class ParotidAdapter(TrainingAdapter):
@@ -73,7 +64,7 @@ class ParotidAdapter(TrainingAdapter):
             raise ModelError(f"Model {spec.id!r}: the parotid segmenter must have 3 outputs (background, right, "
                              f"left gland); this one has {hp.get('out_channels')}.")
         self.cfg = pp.ParotidConfig.from_mapping(spec.input)
-        self.patch = tuple(int(v) for v in recipe_defaults().train_patch.split(","))
+        self.patch = tuple(int(v) for v in recipe_defaults("parotid").train_patch.split(","))
         self.divisor = 2 ** int(hp.get("levels", 4))
         self._loss_fn: Any = None
 
