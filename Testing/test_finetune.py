@@ -325,3 +325,17 @@ def test_foreground_biased_crops_contain_the_structure():
     assert all(hits)
     blind = [crop_or_pad(x, y, (16, 16, 16), rng)[1].any() for _ in range(50)]
     assert sum(blind) < 25
+
+
+def test_kfold_from_scratch_reports_every_fold_and_trains_a_final_model(spect_cases, tiny_model):
+    from MedSegAILib.finetune.publish import publish
+
+    run = _run(spect_cases, folds=3, from_scratch=True, epochs=2)
+    assert [f["fold"] for f in run.folds] == [1, 2, 3]
+    assert all(f["n_val"] == 1 and f["n_train"] == 2 for f in run.folds)
+    assert run.dice_before is not None and run.n_train == 3 and run.n_val == 0
+    assert run.state is not None and 1 <= len(run.history) <= 2  # final model: median best epoch of the folds
+    spec = publish(run, keep_if_worse=True)
+    assert spec.id == "mpi-myocardium-trained" and spec.base_model == "tiny-mpi@1.0.0"
+    card = spec.card.read_text()
+    assert "Trained from scratch" in card and "fold 3" in card

@@ -103,6 +103,7 @@ class MedSegAIWidgetBase(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._finetunePanel = FinetunePanel(self)
         except Exception:  # noqa: BLE001 - logged with its traceback
             logging.exception("MedSegAI: the Fine-tune section could not be created")
+        self.layout.addStretch(1)  # sections packed at the top
 
         self.initializeParameterNode()
         self._setStatus(_("Ready."))
