@@ -105,6 +105,17 @@ class TrainingAdapter:
         return output.argmax(1)
 
     # ------------------------------------------------------------------------------------------ helpers
+    def network_hyperparameters(self, model_kind: str) -> dict[str, Any]:
+        """The hyper-parameters of :attr:`network` in the model, or a :class:`ModelError` saying the model is not
+        a ``model_kind`` (e.g. "carpal") model when it lacks that network."""
+        from MedSegAILib.errors import ModelError
+
+        net = (getattr(self.spec, "networks", None) or {}).get(self.network)
+        if net is None:
+            raise ModelError(f"Model {getattr(self.spec, 'id', self.spec)!r} has no {self.network!r} network; it is "
+                             f"not a {model_kind} model and cannot be fine-tuned by the {model_kind} task.")
+        return dict(net.hyperparameters)
+
     def foreground_channels(self) -> list[int]:
         return sorted(int(c) for c in self.classes)
 

@@ -50,11 +50,7 @@ class CarpalAdapter(TrainingAdapter):
         super().__init__(spec)
         from MedSegAILib.tasks.carpal.preprocess import MODES
 
-        net = (getattr(spec, "networks", None) or {}).get(self.network)
-        if net is None:
-            raise ModelError(f"Model {getattr(spec, 'id', spec)!r} has no 'segmenter' network; it is not a carpal "
-                             "model and cannot be fine-tuned by the carpal task.")
-        hp = dict(net.hyperparameters)
+        hp = self.network_hyperparameters("carpal")
         if int(hp.get("out_channels", N_BONES + 1)) != N_BONES + 1:
             raise ModelError(f"Model {spec.id!r} has {hp.get('out_channels')} output classes; the carpal task needs "
                              f"{N_BONES + 1} (background + 10 bones).")

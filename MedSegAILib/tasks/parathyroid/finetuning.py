@@ -75,11 +75,7 @@ class ParathyroidAdapter(TrainingAdapter):
         from MedSegAILib.tasks.parathyroid import ParathyroidParameters
         from MedSegAILib.tasks.parathyroid.preprocess import PreprocessConfig
 
-        net = (getattr(spec, "networks", None) or {}).get(self.network)
-        if net is None:
-            raise ModelError(f"Model {getattr(spec, 'id', spec)!r} has no 'generator' network; it is not a "
-                             "parathyroid subtraction model and cannot be fine-tuned by the parathyroid task.")
-        hp = dict(net.hyperparameters)
+        hp = self.network_hyperparameters("parathyroid subtraction")
         if int(hp.get("in_channels", 2)) != 2 or int(hp.get("out_channels", 1)) != 1:
             raise ModelError(f"Model {spec.id!r}: the parathyroid generator must take 2 images and give 1; this one "
                              f"takes {hp.get('in_channels')} and gives {hp.get('out_channels')}.")

@@ -55,11 +55,7 @@ class ParotidAdapter(TrainingAdapter):
 
     def __init__(self, spec: Any):
         super().__init__(spec)
-        net = (getattr(spec, "networks", None) or {}).get(self.network)
-        if net is None:
-            raise ModelError(f"Model {getattr(spec, 'id', spec)!r} has no 'segmenter' network; it is not a parotid "
-                             "model and cannot be fine-tuned by the parotid task.")
-        hp = dict(net.hyperparameters)
+        hp = self.network_hyperparameters("parotid")
         if int(hp.get("out_channels", 3)) != 3:
             raise ModelError(f"Model {spec.id!r}: the parotid segmenter must have 3 outputs (background, right, "
                              f"left gland); this one has {hp.get('out_channels')}.")
