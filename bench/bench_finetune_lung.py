@@ -132,9 +132,9 @@ def main(argv=None) -> int:
     ap.add_argument("--control", type=int, default=12, help="test crops of the other groups, checked for harm")
     ap.add_argument("--group", default=">=20", choices=[">=20", "10-20", "6-10", "<6", "ggo"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=20, help="FinetuneOptions.epochs (the time budget ends it first)")
-    ap.add_argument("--patience", type=int, default=5, help="FinetuneOptions.patience (0: none)")
-    ap.add_argument("--lr", type=float, default=None, help="FinetuneOptions.lr (default: the engine's, 3e-4)")
+    ap.add_argument("--epochs", type=int, default=200, help="FinetuneOptions.epochs (the time budget ends it first)")
+    ap.add_argument("--patience", type=int, default=8, help="FinetuneOptions.patience (0: none)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="FinetuneOptions.lr (default 1e-4, the recipe's stage-2 rate)")
     ap.add_argument("--mix", type=int, default=0,
                     help="also fine-tune on N train/val crops of the OTHER groups (against forgetting; default 0)")
     ap.add_argument("--seed", type=int, default=0)
