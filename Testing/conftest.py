@@ -38,3 +38,36 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+TINY_MPI_HP = {"in_channels": 1, "out_channels": 3, "features": [2, 4, 8, 8], "levels": 3, "norm": "batch"}
+
+
+@pytest.fixture()
+def tiny_mpi_model(tmp_path, monkeypatch) -> Path:
+    """A user model ``tiny-mpi@1.0.0`` for the myocardium task whose segmenter is tiny (seeded; the localiser is the
+    bundled one, byte for byte), in a fresh user model folder (returned) — for fast fine-tuning tests."""
+    import json
+
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from MedSegAILib import nets
+    from MedSegAILib.zoo.registry import get_model_spec, sha256_file
+
+    folder = tmp_path / "models"
+    monkeypatch.setenv("MEDSEGAI_MODEL_DIR", str(folder))
+    base = get_model_spec("mpi-myocardium-unet3d")
+    d = folder / "tiny-mpi"
+    d.mkdir(parents=True)
+    torch.manual_seed(0)
+    save_file(nets.build("unet3d", **TINY_MPI_HP).state_dict(), str(d / "segmenter.safetensors"))
+    (d / "localizer.safetensors").write_bytes(base.networks["localizer"].weights.read_bytes())
+    entry = dict(base.raw)
+    entry.update({"id": "tiny-mpi", "version": "1.0.0", "card": "card.md", "metrics": {}, "networks": {
+        "localizer": dict(base.raw["networks"]["localizer"], weights="localizer.safetensors"),
+        "segmenter": {"architecture": "unet3d", "hyperparameters": TINY_MPI_HP, "weights": "segmenter.safetensors",
+                      "sha256": sha256_file(d / "segmenter.safetensors")}}})
+    (d / "card.md").write_text("# tiny\n")
+    (d / "model.json").write_text(json.dumps(entry))
+    return folder

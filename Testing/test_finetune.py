@@ -20,8 +20,6 @@ from MedSegAILib.finetune.data import Case, discover_cases, kfold_by_patient, re
 
 torch = pytest.importorskip("torch")
 
-TINY_HP = {"in_channels": 1, "out_channels": 3, "features": [2, 4, 8, 8], "levels": 3, "norm": "batch"}
-
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_torch_thread):
@@ -53,29 +51,8 @@ def _write_folder(root: Path, cases, mask_name="mask.nii.gz", patients=None) -> 
 
 
 @pytest.fixture()
-def tiny_model(tmp_path, monkeypatch):
-    """A user model for the myocardium task whose segmenter is tiny (the localiser is the bundled one)."""
-    from safetensors.torch import save_file
-
-    from MedSegAILib import nets
-    from MedSegAILib.zoo.registry import get_model_spec, sha256_file
-
-    folder = tmp_path / "models"
-    monkeypatch.setenv("MEDSEGAI_MODEL_DIR", str(folder))
-    base = get_model_spec("mpi-myocardium-unet3d")
-    d = folder / "tiny-mpi"
-    d.mkdir(parents=True)
-    torch.manual_seed(0)
-    save_file(nets.build("unet3d", **TINY_HP).state_dict(), str(d / "segmenter.safetensors"))
-    (d / "localizer.safetensors").write_bytes(base.networks["localizer"].weights.read_bytes())
-    entry = {k: v for k, v in base.raw.items()}
-    entry.update({"id": "tiny-mpi", "version": "1.0.0", "card": "card.md", "metrics": {}, "networks": {
-        "localizer": dict(base.raw["networks"]["localizer"], weights="localizer.safetensors"),
-        "segmenter": {"architecture": "unet3d", "hyperparameters": TINY_HP, "weights": "segmenter.safetensors",
-                      "sha256": sha256_file(d / "segmenter.safetensors")}}})
-    (d / "card.md").write_text("# tiny\n")
-    (d / "model.json").write_text(json.dumps(entry))
-    return folder
+def tiny_model(tiny_mpi_model):
+    return tiny_mpi_model
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -342,72 +342,47 @@ def test_run_summary_text():
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def test_scene_cases_fine_tune_a_tiny_model_with_the_live_plot_and_publish(tmp_path, monkeypatch):
+def test_scene_cases_fine_tune_a_tiny_model_with_the_live_plot_and_publish(tiny_mpi_model, one_torch_thread):
     """The Fine-tune section's path without Qt: two simulated SPECT studies and their label maps as nodes ->
     case_from_nodes -> engine.finetune (a tiny segmenter, a few steps) with on_epoch -> RecordSlot -> TrainingPlot
     -> the run's summary; the starting model's files are unchanged. (Publishing the run is test_finetune.py's.)"""
-    torch = pytest.importorskip("torch")
     import hashlib
-    import json
 
-    from safetensors.torch import save_file
-
-    from MedSegAILib import nets
     from MedSegAILib.finetune.engine import FinetuneOptions, finetune
     from MedSegAILib.simulate.spect import simulate_spect
     from MedSegAILib.tasks.registry import get_task
-    from MedSegAILib.zoo.registry import get_model_spec, sha256_file
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        folder = tmp_path / "models"
-        monkeypatch.setenv("MEDSEGAI_MODEL_DIR", str(folder))
-        base = get_model_spec("mpi-myocardium-unet3d")
-        hp = {"in_channels": 1, "out_channels": 3, "features": [2, 4, 8, 8], "levels": 3, "norm": "batch"}
-        d = folder / "tiny-mpi"
-        d.mkdir(parents=True)
-        torch.manual_seed(0)
-        save_file(nets.build("unet3d", **hp).state_dict(), str(d / "segmenter.safetensors"))
-        (d / "localizer.safetensors").write_bytes(base.networks["localizer"].weights.read_bytes())
-        entry = dict(base.raw)
-        entry.update({"id": "tiny-mpi", "version": "1.0.0", "card": "card.md", "metrics": {}, "networks": {
-            "localizer": dict(base.raw["networks"]["localizer"], weights="localizer.safetensors"),
-            "segmenter": {"architecture": "unet3d", "hyperparameters": hp, "weights": "segmenter.safetensors",
-                          "sha256": sha256_file(d / "segmenter.safetensors")}}})
-        (d / "card.md").write_text("# tiny\n")
-        (d / "model.json").write_text(json.dumps(entry))
-        digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
+    d = tiny_mpi_model / "tiny-mpi"
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
 
-        task = get_task("mpi-myocardium")
-        scene = slicer.vtkMRMLScene()
-        cases = []
-        for i in range(2):
-            img, lab, _ = simulate_spect(920_000 + i, spacing=6.0, shape=40, fov="tight", oblique=False)
-            node = node_from_volume(scene, img, f"SPECT {i}")
-            result = TaskResult(task_id=task.id, labelmap=volume_from_node(node).with_array(lab.array.copy()),
-                                labels=list(task.labels))
-            seg = write_result(scene, result, node).segmentation
-            case = mft.case_from_nodes(task, {"image": node}, seg, original=result.labelmap)
-            assert np.array_equal(case.labels.array, lab.array)
-            assert mft.correction_dice(case) == {"Left ventricle myocardium": 1.0, "Left ventricle cavity": 1.0}
-            cases.append(case)
-        assert [c.patient for c in cases] == ["SPECT 0", "SPECT 1"]
+    task = get_task("mpi-myocardium")
+    scene = slicer.vtkMRMLScene()
+    cases = []
+    for i in range(2):
+        img, lab, _ = simulate_spect(920_000 + i, spacing=6.0, shape=40, fov="tight", oblique=False)
+        node = node_from_volume(scene, img, f"SPECT {i}")
+        result = TaskResult(task_id=task.id, labelmap=volume_from_node(node).with_array(lab.array.copy()),
+                            labels=list(task.labels))
+        seg = write_result(scene, result, node).segmentation
+        case = mft.case_from_nodes(task, {"image": node}, seg, original=result.labelmap)
+        assert np.array_equal(case.labels.array, lab.array)
+        assert mft.correction_dice(case) == {"Left ventricle myocardium": 1.0, "Left ventricle cavity": 1.0}
+        cases.append(case)
+    assert [c.patient for c in cases] == ["SPECT 0", "SPECT 1"]
 
-        slot = mft.RecordSlot()
-        options = FinetuneOptions(epochs=1, val_share=0.5, steps_per_epoch=1, batch=1, device="cpu", patience=None,
-                                  keep_if_worse=True)
-        run = finetune(task.id, cases, model="tiny-mpi", options=options, on_epoch=slot.put)
-        records = slot.take()
-        assert [r.epoch for r in records] == [r.epoch for r in run.history] and len(records) == 1
-        plot = mft.TrainingPlot(scene, "Myocardium fine-tuning")
-        assert plot.update(records) == 1
-        assert plot.values("Training loss") == pytest.approx([r.train_loss for r in run.history])
-        assert plot.values("Validation Dice") == pytest.approx([r.val_metric for r in run.history])
-        assert run.n_train == 1 and run.n_val == 1 and run.dice_before is not None
-        assert run.state is not None and run.base.key == "tiny-mpi@1.0.0"
-        assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()} == digest
-        summary = mft.run_summary(run)
-        assert f"{run.dice_before:.3f} → {run.dice_after:.3f}" in summary and "1 training / 1 validation" in summary
-    finally:
-        torch.set_num_threads(threads)
+    slot = mft.RecordSlot()
+    options = FinetuneOptions(epochs=1, val_share=0.5, steps_per_epoch=1, batch=1, device="cpu", patience=None,
+                              keep_if_worse=True)
+    run = finetune(task.id, cases, model="tiny-mpi", options=options, on_epoch=slot.put)
+    records = slot.take()
+    assert [r.epoch for r in records] == [r.epoch for r in run.history] and len(records) == 1
+    plot = mft.TrainingPlot(scene, "Myocardium fine-tuning")
+    assert plot.update(records) == 1
+    assert plot.values("Training loss") == pytest.approx([r.train_loss for r in run.history])
+    assert plot.values("Validation Dice") == pytest.approx([r.val_metric for r in run.history])
+    assert run.n_train == 1 and run.n_val == 1 and run.dice_before is not None
+    assert run.state is not None and run.base.key == "tiny-mpi@1.0.0"
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()} == digest
+    summary = mft.run_summary(run)
+    assert f"{run.dice_before:.3f} → {run.dice_after:.3f}" in summary and "1 training / 1 validation" in summary
+
