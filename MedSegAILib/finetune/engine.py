@@ -151,12 +151,14 @@ def prepare_samples(adapter: TrainingAdapter, cases: Sequence[Case], progress: P
     return out
 
 
-def _padded(x: np.ndarray, y: np.ndarray, divisor: int, pad_value: float) -> tuple[np.ndarray, np.ndarray]:
-    shape = tuple(int(math.ceil(n / divisor) * divisor) for n in y.shape)
-    pads = [(0, p - n) for n, p in zip(y.shape, shape)]
-    xp = np.pad(x, [(0, 0)] + pads, constant_values=pad_value) if any(p[1] for p in pads) else x
-    yp = np.pad(y, pads) if any(p[1] for p in pads) else y
-    return xp, yp
+def _whole_input(adapter: TrainingAdapter, s: Sample, device: "torch.device") -> "torch.Tensor":
+    """A whole sample's input as a batch of one, padded at the high end of each axis to the network's divisor
+    (with the adapter's pad value); the sample's own voxels are the first ``s.y.shape`` of the output."""
+    import torch
+
+    pads = [(0, int(math.ceil(n / adapter.divisor) * adapter.divisor) - n) for n in s.y.shape]
+    x = np.pad(s.x, [(0, 0)] + pads, constant_values=adapter.pad_value) if any(p[1] for p in pads) else s.x
+    return torch.from_numpy(np.ascontiguousarray(x[None])).to(device)
 
 
 def validation_dice(adapter: TrainingAdapter, net: "torch.nn.Module", samples: Sequence[Sample],
@@ -165,20 +167,19 @@ def validation_dice(adapter: TrainingAdapter, net: "torch.nn.Module", samples: S
     sample whole (padded to the network's divisor), network grid."""
     import torch
 
+    from MedSegAILib.metrics import dice
+
     was_training = net.training
     net.eval()
     scores: list[float] = []
     with torch.no_grad():
         for s in samples:
-            xp, _ = _padded(s.x, s.y, adapter.divisor, adapter.pad_value)
-            out = adapter.forward(net, torch.from_numpy(np.ascontiguousarray(xp[None])).to(device))
-            pred = adapter.predict(out)[0].cpu().numpy()
+            pred = adapter.predict(adapter.forward(net, _whole_input(adapter, s, device)))[0].cpu().numpy()
             pred = pred[tuple(slice(0, n) for n in s.y.shape)]
             for c in adapter.foreground_channels():
                 a, b = pred == c, s.y == c
-                na, nb = int(a.sum()), int(b.sum())
-                if na + nb:
-                    scores.append(2.0 * int(np.logical_and(a, b).sum()) / (na + nb))
+                if a.any() or b.any():
+                    scores.append(dice(a, b))
     net.train(was_training)
     return float(np.mean(scores)) if scores else 0.0
 
@@ -206,35 +207,33 @@ def batches(adapter: TrainingAdapter, samples: Sequence[Sample], batch: int, ste
         yield torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-class _Trainee:
-    """The network behind the adapter's forward, with batch-norm statistics frozen when fine-tuning."""
-
-    def __new__(cls, adapter: TrainingAdapter, net: "torch.nn.Module", freeze_norm: bool):  # noqa: D102
-        import torch
-
-        class Trainee(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.net = net
-
-            def forward(self, x):  # noqa: ANN001, ANN202
-                return adapter.forward(self.net, x)
-
-            def train(self, mode: bool = True):  # noqa: ANN202
-                super().train(mode)
-                if freeze_norm:
-                    for m in self.net.modules():
-                        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                            m.eval()
-                return self
-
-        return Trainee()
-
-
 def _batch_norms(net: "torch.nn.Module") -> list[Any]:
     import torch
 
     return [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _trainee(adapter: TrainingAdapter, net: "torch.nn.Module", freeze_norm: bool) -> "torch.nn.Module":
+    """``net`` behind the adapter's forward (``.net`` is the network), with batch-norm statistics kept fixed in
+    training mode when ``freeze_norm``."""
+    import torch
+
+    class Trainee(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):  # noqa: ANN001, ANN202
+            return adapter.forward(self.net, x)
+
+        def train(self, mode: bool = True):  # noqa: ANN202
+            super().train(mode)
+            if freeze_norm:
+                for m in _batch_norms(self.net):
+                    m.eval()
+            return self
+
+    return Trainee()
 
 
 def recalibrate_norms(adapter: TrainingAdapter, net: "torch.nn.Module", samples: Sequence[Sample],
@@ -253,8 +252,7 @@ def recalibrate_norms(adapter: TrainingAdapter, net: "torch.nn.Module", samples:
     try:
         with torch.no_grad():
             for s in samples:
-                xp, _ = _padded(s.x, s.y, adapter.divisor, adapter.pad_value)
-                adapter.forward(net, torch.from_numpy(np.ascontiguousarray(xp[None])).to(device))
+                adapter.forward(net, _whole_input(adapter, s, device))
     finally:
         for m, (momentum, training) in zip(norms, saved):
             m.momentum = momentum
@@ -301,7 +299,7 @@ def _train_once(adapter: TrainingAdapter, start_state: dict[str, Any], build: Ca
     net = build()
     net.load_state_dict(start_state)
     net.to(device)
-    trainee = _Trainee(adapter, net, freeze_norm=not opts.from_scratch)
+    trainee = _trainee(adapter, net, freeze_norm=not opts.from_scratch)
     rng = np.random.default_rng(opts.seed)
     before = validation_dice(adapter, net, val_s, device) if use_val and val_s else None
     start: Optional[tuple[float, dict[str, Any]]] = None  #: (validation Dice, state) of an adapted start
@@ -348,7 +346,7 @@ def _with_fallback(run: Callable[[Any, int], Any], device: "torch.device", batch
     while True:
         try:
             return run(device, batch), device, batch
-        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+        except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is one
             if device.type == "cpu" or not _is_oom(exc):
                 raise
             if device.type == "cuda":
