@@ -79,6 +79,20 @@ def test_folder_layouts_are_discovered(tmp_path, spect_cases):
         discover_cases(tmp_path / "bad", ["image"])
 
 
+def test_optional_inputs_are_taken_where_present_and_never_required(tmp_path):
+    v = Volume(np.ones((1, 8, 8), np.float32))
+    for case, names in (("a", ("sestamibi", "iodine", "sestamibi_late", "mask")), ("b", ("sestamibi", "iodine",
+                                                                                        "mask"))):
+        (tmp_path / case).mkdir()
+        for n in names:
+            write_volume(v, tmp_path / case / f"{n}.nii.gz")
+    files = discover_cases(tmp_path, ["sestamibi", "iodine"], ["sestamibi_late"])
+    assert [sorted(f.inputs) for f in files] == [["iodine", "sestamibi", "sestamibi_late"], ["iodine", "sestamibi"]]
+    (tmp_path / "b" / "iodine.nii.gz").unlink()
+    with pytest.raises(InputError, match="b: no image for input.s. iodine"):
+        discover_cases(tmp_path, ["sestamibi", "iodine"], ["sestamibi_late"])
+
+
 def test_cases_are_read_with_patients_and_exact_geometry(tmp_path, spect_cases):
     root = _write_folder(tmp_path / "d", spect_cases, patients=["A", "A", "B"])
     cases = read_cases("mpi-myocardium", root)

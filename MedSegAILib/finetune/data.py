@@ -85,8 +85,10 @@ class CaseFiles:
     original: Optional[Path] = None
 
 
-def discover_cases(folder: Union[str, os.PathLike], roles: Sequence[str]) -> list[CaseFiles]:
-    """The cases in ``folder`` (either layout), with the files of each input role and of the mask."""
+def discover_cases(folder: Union[str, os.PathLike], roles: Sequence[str],
+                   optional: Sequence[str] = ()) -> list[CaseFiles]:
+    """The cases in ``folder`` (either layout), with the files of each input role (``roles`` required in every
+    case, ``optional`` roles taken where a case has them) and of the mask."""
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"Training data folder not found: {root}.")
@@ -100,10 +102,10 @@ def discover_cases(folder: Union[str, os.PathLike], roles: Sequence[str]) -> lis
         masks = [by_stem[s] for s in MASK_STEMS if s in by_stem] or [p for p in files if p.name.lower().endswith(SEG_SUFFIX)]
         originals = [by_stem[s] for s in ORIGINAL_STEMS if s in by_stem]
         inputs: dict[str, Path] = {}
-        for role in roles:
+        for role in list(roles) + list(optional):
             if role.lower() in by_stem:
                 inputs[role] = by_stem[role.lower()]
-        if len(roles) == 1 and not inputs:
+        if len(roles) == 1 and roles[0] not in inputs:
             rest = [p for p in files if p not in masks and p not in originals]
             if "image" in by_stem:
                 inputs[roles[0]] = by_stem["image"]
@@ -261,8 +263,8 @@ def read_cases(task_id: str, folder: Union[str, os.PathLike], *, instance_labels
     task = get_task(task_id)
     if instance_labels is None:
         instance_labels = not task.labels
-    files = discover_cases(folder, [s.role for s in task.inputs if s.required] +
-                           [s.role for s in task.inputs if not s.required and _has_role(folder, s.role)])
+    files = discover_cases(folder, [s.role for s in task.inputs if s.required],
+                           [s.role for s in task.inputs if not s.required])
     patients = _patients(Path(folder))
     cases = []
     for n, f in enumerate(files):
@@ -270,10 +272,6 @@ def read_cases(task_id: str, folder: Union[str, os.PathLike], *, instance_labels
             progress(n / len(files), f"reading {f.name}")
         cases.append(load_case(task, f, patients.get(f.name), instance_labels, strict_grid))
     return cases
-
-
-def _has_role(folder: Union[str, os.PathLike], role: str) -> bool:
-    return any(_stem(p).lower() == role.lower() for p in Path(folder).glob("*/*"))
 
 
 # ---------------------------------------------------------------------------------------------- splits
