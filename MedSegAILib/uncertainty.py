@@ -147,21 +147,13 @@ def vote_entropy(maps: Sequence[np.ndarray]) -> np.ndarray:
 
 def dice_per_label(run: np.ndarray, main: np.ndarray) -> dict[int, float]:
     """Dice of each foreground label present in ``run`` or ``main``: ``2|A n B| / (|A| + |B|)``."""
+    from MedSegAILib.metrics import dice
+
     labels = np.union1d(_present_labels(run), _present_labels(main))
-    out = {}
-    for lab in labels[labels != 0]:
-        a, b = run == lab, main == lab
-        out[int(lab)] = 2.0 * float(np.count_nonzero(a & b)) / float(np.count_nonzero(a) + np.count_nonzero(b))
-    return out
+    return {int(lab): dice(run == lab, main == lab) for lab in labels[labels != 0]}
 
 
 # ---------------------------------------------------------------------------------------------- the run
-def _sub_callback(top: Progress, start: float, end: float, prefix: str) -> Callable[[float, str], None]:
-    def report(fraction: float, text: str) -> None:
-        top(start + (end - start) * min(max(float(fraction), 0.0), 1.0), f"{prefix}{text}")
-    return report
-
-
 def segment_with_uncertainty(
     task_id: str,
     inputs: Mapping[str, Volume],
@@ -200,7 +192,7 @@ def segment_with_uncertainty(
     kw = dict(model_id=model_id, device=device, params=params, cancel=cancel, model=model)
 
     t0 = time.perf_counter()
-    result = segment(task_id, inputs, progress=_sub_callback(top, 0.0, share, ""), **kw)
+    result = segment(task_id, inputs, progress=top.sub(0.0, share), **kw)
     main_seconds = time.perf_counter() - t0
     reference = inputs[task.reference_role]
     grid = reference.geometry()
@@ -213,7 +205,7 @@ def segment_with_uncertainty(
         t0 = time.perf_counter()
         perturbed, rec = perturb_inputs(inputs, task.reference_role, rng, gain=gain, noise=noise, shift=shift)
         prefix = f"Uncertainty run {r + 1}/{runs}: "
-        res = segment(task_id, perturbed, progress=_sub_callback(top, share * (r + 1), share * (r + 2), prefix),
+        res = segment(task_id, perturbed, progress=top.sub(share * (r + 1), share * (r + 2), prefix),
                       **kw)
         lab = resample_volume(res.labelmap, reference=grid, interpolation="nearest").array.astype(main.dtype)
         maps.append(lab)
@@ -323,7 +315,7 @@ def rank_cases(
         try:
             res = segment_with_uncertainty(
                 task_id, inputs, runs=runs, seed=seed, model_id=model_id, device=device, params=params,
-                progress=_sub_callback(top, i / n, (i + 1) / n, f"Case {i + 1}/{n} ({name}): "), cancel=cancel,
+                progress=top.sub(i / n, (i + 1) / n, f"Case {i + 1}/{n} ({name}): "), cancel=cancel,
                 model=model,
             )
         except InputError as exc:

@@ -48,10 +48,12 @@ class Progress:
     0.75 halfway there
     """
 
-    def __init__(self, callback: Optional[ProgressCallback] = None, start: float = 0.0, end: float = 1.0):
+    def __init__(self, callback: Optional[ProgressCallback] = None, start: float = 0.0, end: float = 1.0,
+                 prefix: str = ""):
         self._callback = callback
         self._start = start
         self._end = end
+        self._prefix = prefix  #: put before every text (e.g. "Case 2/5: ")
         self.last_fraction = start
         self.last_text = ""
 
@@ -60,13 +62,12 @@ class Progress:
         absolute = self._start + (self._end - self._start) * fraction
         self.last_fraction, self.last_text = absolute, text
         if self._callback is not None:
-            self._callback(absolute, text)
+            self._callback(absolute, self._prefix + text)
 
-    def sub(self, start: float, end: float) -> "Progress":
-        """A child reporter that maps its own [0, 1] onto [start, end] of this one."""
+    def sub(self, start: float, end: float, prefix: str = "") -> "Progress":
+        """A child reporter that maps its own [0, 1] onto [start, end] of this one (its texts after ``prefix``)."""
         span = self._end - self._start
-        child = Progress(self._callback, self._start + span * start, self._start + span * end)
-        return child
+        return Progress(self._callback, self._start + span * start, self._start + span * end, self._prefix + prefix)
 
 
 def null_progress() -> Progress:
