@@ -166,15 +166,30 @@ def _segment_names(path: Path) -> list[str]:
     return names
 
 
+def known_labels_text(task: Any) -> str:
+    """The task's labels as ``"1 = name, 2 = name"`` for messages."""
+    return ", ".join(f"{lab.value} = {lab.name}" for lab in task.labels) or "any segment (instance task)"
+
+
+def unknown_segments(task: Any, names: Sequence[str], where: str) -> list[str]:
+    """Segment names that match no label of ``task`` by name and side (none for an instance task, which takes
+    every segment)."""
+    from MedSegAILib.evaluation.names import match_structures
+
+    if not task.labels:
+        return []
+    matched = set(match_structures(list(names), list(task.labels), where).values())
+    return [n for n in names if n not in matched]
+
+
 def read_mask(task: Any, path: Union[str, os.PathLike], instance_labels: bool = False) -> Volume:
     """A mask file as a label map in the task's label values (``instance_labels``: every non-zero voxel, any
     segment, is foreground 1). Unknown label values / segment names are refused."""
     from MedSegAILib.core.io import read_volume
-    from MedSegAILib.evaluation.names import match_structures
     from MedSegAILib.evaluation.reading import integer_labels, read_case_labels
 
     p = Path(path)
-    known = ", ".join(f"{lab.value} = {lab.name}" for lab in task.labels)
+    known = known_labels_text(task)
     if p.name.lower().endswith(SEG_SUFFIX):
         if instance_labels:
             import SimpleITK as sitk
@@ -185,9 +200,7 @@ def read_mask(task: Any, path: Union[str, os.PathLike], instance_labels: bool = 
             vol = Volume(fg.astype(np.uint8), img.GetSpacing(), img.GetOrigin(),
                          np.asarray(img.GetDirection(), float).reshape(3, 3))
             return vol
-        names = _segment_names(p)
-        matched = set(match_structures(names, list(task.labels), str(p)).values())
-        unknown = [n for n in names if n not in matched]
+        unknown = unknown_segments(task, _segment_names(p), str(p))
         if unknown:
             raise InputError(f"{p}: segment(s) {', '.join(repr(n) for n in unknown)} are not labels of the "
                              f"{task.title} model (it knows {known}). Rename or remove them.")

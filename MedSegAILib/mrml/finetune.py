@@ -35,6 +35,7 @@ import vtk
 
 from MedSegAILib.core.volume import Volume
 from MedSegAILib.errors import InputError
+from MedSegAILib.finetune.data import GRID_TOL_MM, known_labels_text, unknown_segments
 from MedSegAILib.mrml import _vtk
 
 #: node attribute of the training plot's nodes (value: the plot name)
@@ -43,7 +44,6 @@ PLOT_ATTRIBUTE = "MedSegAI.FinetunePlot"
 PATIENT_ID_ATTRIBUTE = "DICOM.PatientID"
 #: label name reported by :func:`correction_dice` for instance tasks (every segment is foreground)
 FOREGROUND_NAME = "Foreground (all segments)"
-GRID_TOL_MM = 1e-3
 
 
 # ============================================================================================== helpers
@@ -59,20 +59,6 @@ def segment_names(segmentation_node: Any) -> list[str]:
     """Names of the segments of a segmentation node, in order."""
     seg = segmentation_node.GetSegmentation()
     return [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
-
-
-def known_labels_text(task: Any) -> str:
-    return ", ".join(f"{lab.value} = {lab.name}" for lab in task.labels) or "any segment (instance task)"
-
-
-def unknown_segments(task: Any, names: Sequence[str], where: str) -> list[str]:
-    """Segment names that match no label of ``task`` (none for an instance task, which takes every segment)."""
-    from MedSegAILib.evaluation.names import match_structures
-
-    if not task.labels:
-        return []
-    matched = set(match_structures(list(names), list(task.labels), where).values())
-    return [n for n in names if n not in matched]
 
 
 def patient_of(volume_node: Any) -> str:
