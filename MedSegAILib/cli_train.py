@@ -104,32 +104,33 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     from MedSegAILib.cli import TerminalProgress, sigint_cancels
+    from MedSegAILib.core.io import split_stem
     from MedSegAILib.engine.progress import CancelToken
     from MedSegAILib.errors import InputError
+    from MedSegAILib.inputs import find_cases
     from MedSegAILib.tasks.registry import get_task
     from MedSegAILib.uncertainty import rank_cases
 
     task = get_task(args.task)
     root = Path(args.data)
-    if not root.is_dir():
-        raise InputError(f"Not a folder: {root}.")
-    roles = [s.role for s in task.inputs if s.required]
+    found = find_cases(root, None, task)
+    if len(task.inputs) == 1 and root.is_dir():  # a DICOM series folder is one case too
+        found += [(d.name, {task.reference_role: d}) for d in sorted(root.iterdir())
+                  if d.is_dir() and not d.name.startswith(".")]
+    if not found:
+        raise InputError(f"No cases in {args.data}: one image file per case, or for tasks with several images one "
+                         f"folder per case with files named {', '.join(s.role for s in task.inputs)}.")
     cases = []
-    for p in sorted(q for q in root.iterdir() if not q.name.startswith(".")):
-        if len(roles) > 1 and p.is_dir():
-            files = {r: next((q for q in p.iterdir() if q.name.split(".")[0].lower() == r.lower()), None)
-                     for r in roles}
-            if any(v is None for v in files.values()):
-                raise InputError(f"{p}: needs files named {', '.join(roles)} (one per input).")
-            cases.append((p.name, {r: task.read_input(r, str(f)) for r, f in files.items()}))
-        else:
-            cases.append((p.name.split(".")[0], {roles[0]: task.read_input(roles[0], str(p))}))
-    if not cases:
-        raise InputError(f"No cases in {root}.")
+    for name, files in found:
+        missing = [s.role for s in task.inputs if s.required and s.role not in files]
+        if missing:
+            raise InputError(f"{name}: no image for input(s) {', '.join(missing)}.")
+        cases.append((split_stem(name)[0], {r: task.read_input(r, str(f)) for r, f in files.items()}))
     cancel = CancelToken()
     with sigint_cancels(cancel):
         ranking = rank_cases(args.task, cases, runs=args.runs, model_id=args.model, device=args.device,
                              progress=TerminalProgress(args.quiet), cancel=cancel)
+
     def num(v: Any) -> str:
         return "" if v is None else f"{float(v):.4f}"
 

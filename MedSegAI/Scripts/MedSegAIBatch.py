@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fnmatch
 import logging
 import sys
 import time
@@ -62,50 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file name pattern when --input is a folder (default: common image suffixes)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="task parameter (repeatable)")
     return p
-
-
-def find_inputs(path: Path, pattern: str | None, planar: bool = False) -> list[Path]:
-    """Image files of a folder. Single-file 2-D formats (PNG, JPEG, TIFF, a DICOM file) are cases only for tasks
-    on planar images (``planar``): for volume tasks they are slices of a series, not cases."""
-    from MedSegAILib.core.io import VOLUME_SUFFIXES
-
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        return []
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-    if pattern:
-        return [p for p in files if fnmatch.fnmatch(p.name, pattern)]
-    single_2d = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
-    suffixes = tuple(s for s in VOLUME_SUFFIXES if s != ".npy" and (planar or s not in single_2d))
-    return [p for p in files if p.name.lower().endswith(suffixes) and not p.name.lower().endswith(".seg.nrrd")]
-
-
-def _role_files(folder: Path, task) -> dict[str, Path]:
-    """``{role: file}`` of a case folder: files whose name (without image suffixes) is an input role."""
-    from MedSegAILib.core.io import split_stem
-
-    roles = {spec.role.lower(): spec.role for spec in task.inputs}
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if p.name.startswith("."):
-            continue
-        stem = split_stem(p)[0].lower()
-        if stem in roles:
-            found[roles[stem]] = p
-    return found
-
-
-def find_cases(path: Path, pattern: str | None, task) -> list[tuple[str, dict[str, Path]]]:
-    """``[(case name, {role: file})]``: one file per case for one-image tasks, one folder per case otherwise."""
-    if len(task.inputs) == 1:
-        planar = all(spec.dims == 2 for spec in task.inputs)
-        return [(p.name, {task.reference_role: p}) for p in find_inputs(path, pattern, planar)]
-    if _role_files(path, task):
-        return [(path.name, _role_files(path, task))]
-    if not path.is_dir():
-        return []
-    return [(d.name, _role_files(d, task)) for d in sorted(path.iterdir()) if d.is_dir() and not d.name.startswith(".")]
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -206,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     import slicer
 
     from MedSegAILib.errors import MedSegAIError
+    from MedSegAILib.inputs import find_cases
     from MedSegAILib.mrml.logic import SegmentationLogic
     from MedSegAILib.tasks.registry import get_task
 
