@@ -44,8 +44,8 @@ class MyocardiumAdapter(TrainingAdapter):
         x, grid = pp.prepare_segmenter_input(vol, centre, self.cfg, shape=shape)
         y = resample_volume(labels, reference=grid, interpolation="nearest").array
         inner = tuple(slice(MARGIN, MARGIN + n) for n in self.cfg.segmenter_shape)
-        kept = int(np.count_nonzero(y[inner])) / max(int(np.count_nonzero(labels.array)) *
-                                                    float(np.prod(labels.spacing)) / self.cfg.segmenter_spacing_mm ** 3, 1)
+        inside_mm3 = np.count_nonzero(y[inner]) * self.cfg.segmenter_spacing_mm ** 3
+        kept = inside_mm3 / max(np.count_nonzero(labels.array) * labels.voxel_volume_mm3, 1.0)
         if kept < 0.8:
             raise InputError(f"{case}: the labelled structure does not fit in the segmenter's "
                              f"{self.cfg.segmenter_box_mm:.0f} mm box ({kept:.0%} inside); is the mask the left "
